@@ -1,0 +1,45 @@
+"""Helpers shared by the benchmarks: machine facts, JSON output, a plain-text table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write ``results/<name>.json`` (atomically) with the machine facts added."""
+    from diffrep.io import atomic_write
+
+    path = RESULTS / f"{name}.json"
+    with atomic_write(path, "w") as f:
+        json.dump({"machine": machine(), **payload}, f, indent=1)
+    return path
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A fixed-width text table of ``rows`` (dicts) over ``columns``."""
+    def fmt(v) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "—" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

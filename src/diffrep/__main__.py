@@ -1,0 +1,5 @@
+import sys
+
+from diffrep.cli import main
+
+sys.exit(main())

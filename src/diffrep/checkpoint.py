@@ -1,0 +1,116 @@
+"""Checkpoints: safetensors weights, a ``weights_only`` training state, a manifest of hashes.
+
+Layout: ``<run>/checkpoints/step_0000500/{model,ema,heads}.safetensors``, ``state.pt``
+(optimizer, plug-in state, step) and ``manifest.json`` (sha256 of each file and the
+config identity).  A checkpoint is written into a temporary folder that is renamed
+into place only when every file is on disk, so a crash never leaves a torn one; a
+file damaged later (truncated, edited) fails its hash and the loader falls back to
+the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from diffrep.errors import DiffrepError
+from diffrep.io import atomic_write, fsync_dir
+
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors", "heads.safetensors")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    manifest: dict
+
+    def weights(self, which: str = "ema") -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / f"{which}.safetensors"))
+
+    def state(self) -> dict:
+        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
+
+
+def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
+                    identity: dict, keep_last: int) -> Path:
+    """Write ``weights`` (file stem → state dict) and ``state`` atomically as ``step_<step>``; prune to ``keep_last``."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for stem, sd in weights.items():
+        with atomic_write(tmp / f"{stem}.safetensors") as f:
+            f.write(save(_contiguous(sd)))
+    with atomic_write(tmp / "state.pt") as f:
+        torch.save(state, f)
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    with atomic_write(tmp / "manifest.json", "w") as f:
+        json.dump({"step": step, "files": files, "identity": identity}, f, indent=1)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def verify(path: Path) -> Checkpoint:
+    """Check a checkpoint folder against its manifest; raise :class:`DiffrepError` naming the damage."""
+    manifest_path = path / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        raise DiffrepError(f"checkpoint {path} has no readable manifest.json") from None
+    for name, digest in manifest["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise DiffrepError(f"checkpoint {path} is missing {name}")
+        if _sha256(f) != digest:
+            raise DiffrepError(f"checkpoint {path}: {name} does not match its hash (truncated or modified on disk)")
+    return Checkpoint(path, int(manifest["step"]), manifest)
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    """The newest checkpoint that passes :func:`verify`; damaged newer ones are reported and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return verify(path)
+        except DiffrepError as e:
+            warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
+    return None
+
+
+def load_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
+    """A safetensors file as a state dict."""
+    return load_file(str(path))
+

@@ -1,0 +1,299 @@
+"""The ``diffrep`` command line: thin wrappers that parse, validate and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from diffrep.errors import DiffrepError
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from diffrep.config import PRESETS
+    from diffrep.nets import MODELS
+    from diffrep.processes import PROCESSES
+    from diffrep.samplers import SAMPLERS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="diffrep", formatter_class=fmt,
+                                description="One diffusion model as generator and representation learner.",
+                                epilog=_examples("diffrep quickstart", "diffrep train --preset quickstart --out runs/qs",
+                                                 "diffrep sample runs/qs --n 1000 --out samples.npz", "diffrep judge samples.npz"))
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,
+                       description="Train a diffusion model. Options: defaults ← --preset ← --config YAML ← flags.",
+                       epilog=_examples("diffrep train --data mnist5k --model UNet-S --process flow --steps 2000 --batch-size 128 --out runs/x",
+                                        "diffrep train --preset dit-tiny --out runs/dit",
+                                        "diffrep train --out runs/x --steps 4000 --resume   # extend a finished run",
+                                        "diffrep train --config my.yaml --out runs/y"))
+    t.add_argument("--out", required=True, type=Path, help="run directory (created; must not hold a run unless --resume)")
+    t.add_argument("--preset", choices=list(PRESETS), help="start from a named preset (see `diffrep presets`)")
+    t.add_argument("--config", type=Path, help="YAML file of options (keys as the flags, with _ or -)")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last good checkpoint")
+    t.add_argument("--data", help="mnist5k | digits | a folder of images | an .npz (default mnist5k)")
+    t.add_argument("--image-size", type=int, help="resize images to this square size (needed for mixed sizes)")
+    t.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips")
+    t.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
+                   help="ignore labels even when the data has them")
+    t.add_argument("--label-dropout", type=float, help="fraction of labels replaced by the null class (CFG), default 0.1")
+    t.add_argument("--model", choices=list(MODELS), metavar="MODEL", help=f"one of {', '.join(MODELS)} (default UNet-S)")
+    t.add_argument("--process", choices=PROCESSES, help="flow (SiT), vp (DDPM) or edm (default flow)")
+    t.add_argument("--prediction", choices=("eps", "v"), help="vp only: ε- or v-prediction")
+    t.add_argument("--schedule", choices=("linear", "cosine"), help="vp only: β schedule")
+    t.add_argument("--time-sampling", choices=("uniform", "logit-normal"), help="flow only: training-time distribution")
+    t.add_argument("--steps", type=int, help="total optimiser steps (raise it with --resume to extend a run)")
+    t.add_argument("--batch-size", type=int, help="global batch size")
+    t.add_argument("--grad-accum", type=int, help="micro-batches per step (same update as the full batch)")
+    t.add_argument("--lr", type=float, help="peak learning rate (warm-up, then constant)")
+    t.add_argument("--warmup", type=int, help="warm-up steps")
+    t.add_argument("--weight-decay", type=float)
+    t.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    t.add_argument("--ema-decay", type=float)
+    t.add_argument("--ema-start", type=int, help="EMA copies the weights before this step")
+    t.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast (default) or full fp32")
+    t.add_argument("--grad-checkpoint", action="store_true", default=None, help="activation checkpointing (DiT)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (and at the end, and on Ctrl-C)")
+    t.add_argument("--keep-last", type=int, help="checkpoints to keep")
+    t.add_argument("--log-every", type=int)
+    t.add_argument("--grid-every", type=int, help="sample-grid PNG every N steps (0: never)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 …")
+    t.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run (ADM .npz layout)", formatter_class=fmt,
+                       epilog=_examples("diffrep sample runs/x --n 1000 --sampler euler --steps 50 --out samples.npz --grid grid.png",
+                                        "diffrep sample runs/x --n 1000 --sampler dpmpp_2m --steps 20 --cfg 1.5 --cfg-interval 0.1,0.9 --out s.npz"))
+    s.add_argument("run", type=Path, help="run directory written by `diffrep train`")
+    s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
+                   help="number of images (spell it --num-samples under torchrun, whose own options --n would abbreviate)")
+    s.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
+    s.add_argument("--steps", type=int, default=50, help="grid intervals (Heun uses 2·steps−1 net calls)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    s.add_argument("--cfg-interval", help="lo,hi: guide only for t (σ for edm) in [lo, hi]")
+    s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index")
+    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--weights", choices=("ema", "model"), default="ema")
+    s.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    s.add_argument("--out", type=Path, required=True, help=".npz: arr_0 uint8 N×H×W×C, arr_1 labels")
+    s.add_argument("--grid", type=Path, help="also write a PNG grid of the first 100 samples")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+
+    j = sub.add_parser("judge", help="reference-encoder accuracy and FD_ref of samples of the embedded data",
+                       formatter_class=fmt, epilog=_examples("diffrep judge samples.npz", "diffrep judge samples.npz --json judge.json"))
+    j.add_argument("samples", help="an .npz (arr_0 [+ arr_1]) or a folder of images")
+    j.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"), help="whose reference encoder and test split")
+    j.add_argument("--json", type=Path, help="also write the numbers here")
+
+    q = sub.add_parser("quickstart", help="train the default preset on mnist5k, sample, judge", formatter_class=fmt,
+                       epilog=_examples("diffrep quickstart", "diffrep quickstart --out runs/qs2 --steps 500"))
+    q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    q.add_argument("--steps", type=int, help="override the preset's step count")
+    q.add_argument("--n", type=int, default=1000, help="samples to judge")
+    q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
+
+    sub.add_parser("presets", help="list the presets", epilog=_examples("diffrep presets"), formatter_class=fmt)
+
+    r = sub.add_parser("reference", help="train the reference encoder of a built-in dataset", formatter_class=fmt,
+                       epilog=_examples("diffrep reference --data mnist5k --out src/diffrep/assets/reference-mnist5k.safetensors"))
+    r.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"))
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--epochs", type=int, default=30)
+    r.add_argument("--seed", type=int, default=0)
+    return p
+
+
+TRAIN_FLAGS = ("data", "image_size", "hflip", "class_conditional", "label_dropout", "model", "process", "prediction",
+               "schedule", "time_sampling", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
+               "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "seed", "ckpt_every", "keep_last",
+               "log_every", "grid_every")
+
+
+def cmd_train(a) -> int:
+    from diffrep.config import load_run_config, make_config, preset, read_yaml_config
+    from diffrep.trainer import Trainer
+
+    flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
+    if a.resume and not (a.preset or a.config):
+        base = vars(load_run_config(a.out))
+        cfg = make_config(base, flags)
+    else:
+        cfg = make_config(preset(a.preset) if a.preset else {}, read_yaml_config(a.config) if a.config else {}, flags)
+    trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device, progress=not a.no_progress)
+    step = trainer.run()
+    if trainer.world.is_main:
+        print(f"trained {step} steps → {a.out} (checkpoints/, metrics.jsonl, tb/, grids/)")
+    return 0
+
+
+def _parse_interval(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise DiffrepError(f"--cfg-interval {text!r}: expected two numbers lo,hi such as 0.1,0.9") from None
+    if lo > hi:
+        raise DiffrepError(f"--cfg-interval {text!r}: lo must not exceed hi")
+    return lo, hi
+
+
+def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", steps: int = 50, seed: int = 0,
+               cfg: float = 1.0, cfg_interval: tuple[float, float] | None = None, labels: str = "balanced",
+               batch_size: int = 250, weights: str = "ema", precision: str = "bf16", grid: Path | None = None,
+               device: str = "auto", progress: bool = True) -> dict:
+    """Sample a run into an ADM-layout ``.npz``; returns what was done.
+
+    Under torchrun, rank ``r`` of ``W`` draws chunks ``j ≡ r (mod W)`` and rank 0 writes the
+    file; chunk ``j`` is seeded by ``(seed, j)``, so image ``i`` is the same for any ``W``.
+    """
+    import torch
+
+    from diffrep import distributed
+    from diffrep.data import save_grid
+    from diffrep.generate import generate, make_labels
+    from diffrep.io import save_npz
+    from diffrep.samplers import get_sampler, network_evaluations
+    from diffrep.trainer import load_run
+
+    get_sampler(sampler)
+    if n < 1:
+        raise DiffrepError(f"--n must be positive, got {n}")
+    net, process, _, info = load_run(run, weights, device)
+    y = make_labels(labels, n, info["num_classes"], seed)
+    world = distributed.current()
+    start = time.perf_counter()
+    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, seed=seed, labels=y,
+                      cfg_scale=cfg, cfg_interval=cfg_interval, batch_size=batch_size, autocast=precision == "bf16",
+                      chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
+    gathered = distributed.gather_to_main(chunks)
+    seconds = time.perf_counter() - start
+    if world.is_main:
+        chunks = {j: images for part in gathered for j, images in part.items()}
+        images = torch.cat([chunks[j] for j in sorted(chunks)])
+        arrays = {"arr_0": images.permute(0, 2, 3, 1).numpy()}
+        if y is not None:
+            arrays["arr_1"] = y.numpy()
+        save_npz(out, **arrays)
+        if grid:
+            save_grid(images[:100], grid, nrow=10)
+    distributed.barrier()
+    return {"n": n, "sampler": sampler, "steps": steps, "nfe": network_evaluations(sampler, steps), "cfg": cfg,
+            "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"], "seconds": seconds,
+            "images_per_s": n / seconds, "out": str(out)}
+
+
+def cmd_sample(a) -> int:
+    from diffrep import distributed
+
+    done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.seed, a.cfg, _parse_interval(a.cfg_interval), a.labels,
+                      a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress)
+    if distributed.current().is_main:
+        print(f"{done['n']} samples ({done['sampler']}, {done['nfe']} net calls each, cfg {done['cfg']}) from step "
+              f"{done['checkpoint_step']} in {done['seconds']:.1f}s → {a.out}" + (f", grid {a.grid}" if a.grid else ""))
+    return 0
+
+
+def _judge_table(rows: list[tuple[str, dict]]) -> str:
+    head = f"{'':28s} {'n':>6s} {'accuracy':>9s} {'FD_ref':>8s} {'ratio':>6s}"
+    lines = [head, "-" * len(head)]
+    for name, r in rows:
+        acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+        lines.append(f"{name:28s} {r['n']:6d} {acc:>9s} {r['fd_ref']:8.3f} {r['fd_ratio']:6.2f}")
+    lines.append(f"ratio = FD_ref / FD_ref(1,000 train vs 1,000 test) = FD_ref / {rows[0][1]['fd_ref_train_vs_test']:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_judge(a) -> int:
+    from diffrep.data import load_dataset
+    from diffrep.reference import judge
+
+    result = judge(load_dataset(a.samples), a.data).as_dict()
+    print(_judge_table([(Path(a.samples).name, result)]))
+    if a.json:
+        from diffrep.io import atomic_write
+
+        with atomic_write(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def cmd_quickstart(a) -> int:
+    from diffrep.config import make_config, preset
+    from diffrep.reference import judge
+    from diffrep.data import load_npz
+    from diffrep.trainer import Trainer
+
+    cfg = make_config(preset("quickstart"), {"steps": a.steps})
+    print(f"training preset 'quickstart' ({cfg.model}, {cfg.process}, {cfg.steps} steps on {cfg.data}) → {a.out}")
+    start = time.perf_counter()
+    Trainer(cfg, a.out, resume=a.resume).run()
+    train_s = time.perf_counter() - start
+    rows = []
+    for name, kw in (("no CFG, euler 50", {}), ("CFG 1.5, euler 50", {"cfg": 1.5})):
+        npz = a.out / f"samples_{'cfg' if kw else 'nocfg'}.npz"
+        sample_run(a.out, npz, n=a.n, sampler="euler", steps=50, grid=npz.with_suffix(".png"), **kw)
+        rows.append((name, judge(load_npz(npz), cfg.data).as_dict()))
+    print(f"\ntrained in {train_s / 60:.1f} min; run: {a.out} (checkpoints/, metrics.jsonl, tb/, grids/)")
+    print(f"samples: {a.out}/samples_nocfg.npz, {a.out}/samples_cfg.npz (+ .png grids)\n")
+    print(_judge_table(rows))
+    return 0
+
+
+def cmd_presets(a) -> int:
+    from diffrep.config import PRESETS
+
+    width = max(map(len, PRESETS))
+    for name, (line, _) in PRESETS.items():
+        print(f"{name:{width}s}  {line}")
+    return 0
+
+
+def cmd_reference(a) -> int:
+    from diffrep.reference import save_reference, train_reference
+
+    net, card = train_reference(a.data, epochs=a.epochs, seed=a.seed)
+    card["command"] = f"diffrep reference --data {a.data} --out {a.out} --epochs {a.epochs} --seed {a.seed}"
+    save_reference(net, card, a.out)
+    print(f"reference encoder for {a.data}: test accuracy {100 * card['test_accuracy']:.2f}% → {a.out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "judge": cmd_judge, "quickstart": cmd_quickstart,
+            "presets": cmd_presets, "reference": cmd_reference}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line are one plain line each, not a source excerpt."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffrep import distributed
+
+    args = _parser().parse_args(argv)
+    distributed.init_from_env()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return COMMANDS[args.command](args)
+        except DiffrepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: the run's last checkpoint is on disk; continue with --resume", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

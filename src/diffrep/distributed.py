@@ -1,0 +1,72 @@
+"""Scale-out through ``torchrun`` (PyTorch DDP): one process by default, many when launched by torchrun.
+
+Nothing here is a home-made distributed system: ``torchrun`` starts the processes and sets
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; :func:`init_from_env` joins its process group
+(NCCL on CUDA, gloo on CPU), and the trainer wraps its net in
+``DistributedDataParallel``.  A rank that fails ends the job: torchrun stops the other
+workers, and a collective that waits longer than ``timeout`` raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: ``rank`` of ``size`` processes (``local_rank`` on its node)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and logs."""
+        return self.rank == 0
+
+
+def current() -> World:
+    """The world this process belongs to (``World()`` when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return World()
+
+
+def init_from_env(timeout_s: float = 600.0) -> World:
+    """Join torchrun's process group when ``WORLD_SIZE > 1``; a no-op for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s))
+    return current()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op for one process)."""
+    if current().size > 1:
+        dist.barrier()
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all ranks (itself for one process)."""
+    if current().size == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / current().size
+
+
+def gather_to_main(obj: object) -> list[object] | None:
+    """Every rank's ``obj`` as a list on rank 0 (``None`` elsewhere)."""
+    world = current()
+    if world.size == 1:
+        return [obj]
+    out = [None] * world.size if world.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out

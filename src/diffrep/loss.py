@@ -1,0 +1,49 @@
+"""The base denoising loss, per sample, for any process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from diffrep.processes import Denoiser
+
+
+@dataclass
+class Batch:
+    """One (micro-)batch with all of its randomness drawn up front, so plug-ins can read or transform it.
+
+    ``x0``: clean images in [-1, 1]; ``cond``: labels (``NULL_LABEL`` where dropped) or
+    ``None``; ``t``: times; ``noise``: ε, same shape as ``x0``.
+    """
+
+    x0: torch.Tensor
+    cond: torch.Tensor | None
+    t: torch.Tensor
+    noise: torch.Tensor
+
+    def replace(self, **changes) -> "Batch":
+        return replace(self, **changes)
+
+
+@dataclass
+class LossOutput:
+    """``total`` (scalar to minimise), named ``parts`` (scalars, logged) and tapped hidden states."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def denoising_loss(denoiser: Denoiser, batch: Batch, taps: tuple[str, ...] = ()) -> LossOutput:
+    """MSE between the net's raw output and the process's target, averaged per sample then over the batch.
+
+    Every process's target carries its own weighting (ε, v, velocity, or EDM's F with
+    λ(σ)·c_out² = 1), so the loss is a plain mean.
+    """
+    process = denoiser.process
+    xt = process.corrupt(batch.x0, batch.t, batch.noise)
+    raw, hidden = denoiser.raw(xt, batch.t, batch.cond, taps)
+    per_sample = (raw - process.target(batch.x0, batch.noise, batch.t)).pow(2).flatten(1).mean(1)
+    loss = per_sample.mean()
+    return LossOutput(loss, {"denoise": loss.detach()}, hidden)

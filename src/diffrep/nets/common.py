@@ -1,0 +1,56 @@
+"""Pieces shared by the backbones: time and label embeddings, tap validation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from diffrep.errors import DiffrepError
+
+NULL_LABEL = -1
+"""The label that means "no class" (classifier-free guidance's unconditional branch)."""
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer-style sin/cos features of a scalar per sample (DDPM / DiT time embedding)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features of the net's time input followed by a 2-layer MLP (DiT).
+
+    The net's time input is the process's ``net_time(t)``, scaled to roughly [0, 1000].
+    """
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedding(nn.Module):
+    """Class embedding with one extra row for :data:`NULL_LABEL` (``cond=None`` means all null)."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if y is None:
+            y = torch.full((batch,), NULL_LABEL, dtype=torch.long, device=self.table.weight.device)
+        return self.table(torch.where(y < 0, self.num_classes, y))
+
+
+def check_taps(taps: tuple[str, ...], valid: tuple[str, ...]) -> None:
+    unknown = [t for t in taps if t not in valid]
+    if unknown:
+        raise DiffrepError(f"unknown tap(s) {unknown}: this net has {valid[0]} … {valid[-1]}")

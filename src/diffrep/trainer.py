@@ -1,0 +1,363 @@
+"""The training loop: optimiser, EMA, bf16 autocast, accumulation, checkpoints, logging.
+
+Every random draw of step ``s`` (data order, times, noise, label dropout, flips) comes
+from generators seeded by ``(seed, s)`` for the *global* batch, which each process
+then slices.  So the trajectory is a function of the config alone: a resume needs
+only the step, the weights, the EMA and the optimiser state, and it continues
+bit-for-bit; the numbers do not depend on how the batch is split into micro-batches
+or processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffrep import distributed
+from diffrep.checkpoint import latest_checkpoint, save_checkpoint
+from diffrep.config import TrainConfig, config_diff, load_run_config, save_config
+from diffrep.data import ImageSet, load_dataset, save_grid, to_model_range, to_uint8
+from diffrep.errors import DiffrepError
+from diffrep.io import atomic_write
+from diffrep.loss import Batch, denoising_loss
+from diffrep.nets import NULL_LABEL, build_net
+from diffrep.plugins import Plugin
+from diffrep.processes import make_process
+from diffrep.samplers import get_sampler, initial_noise
+
+_SEED_STRIDE = 1_000_003
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """The generator for one step's draws: a pure function of ``(seed, step, stream)``."""
+    return torch.Generator().manual_seed((seed * _SEED_STRIDE + step) * 16 + stream)
+
+
+class EpochSampler:
+    """Stateless data order: epoch ``e`` is ``randperm(N)`` seeded by ``(seed, e)``; step ``s`` takes the next ``B``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            self._cache = {epoch: torch.randperm(self.n, generator=step_generator(self.seed, epoch, stream=15))}
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        start = step * self.batch_size
+        out = []
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(start + len(out), self.n)
+            take = min(self.batch_size - len(out), self.n - offset)
+            out.extend(self._perm(epoch)[offset: offset + take].tolist())
+        return torch.tensor(out, dtype=torch.long)
+
+
+def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int) -> Batch:
+    """The global batch of step ``step`` with all its randomness."""
+    g = step_generator(cfg.seed, step)
+    x0 = to_model_range(data.images[indices])
+    n = x0.shape[0]
+    if cfg.hflip:
+        flip = torch.rand(n, generator=g) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    t = process.sample_time(n, g)
+    noise = torch.randn(x0.shape, generator=g)
+    cond = None
+    if cfg.class_conditional and data.labels is not None:
+        drop = torch.rand(n, generator=g) < cfg.label_dropout
+        cond = torch.where(drop, NULL_LABEL, data.labels[indices])
+    return Batch(x0, cond, t, noise)
+
+
+def _slice(batch: Batch, sl: slice, device: torch.device) -> Batch:
+    return Batch(batch.x0[sl].to(device), None if batch.cond is None else batch.cond[sl].to(device),
+                 batch.t[sl].to(device), batch.noise[sl].to(device))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: this process's GPU (``cuda:LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda", distributed.current().local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant (DiT / SiT / REPA), so a run can be extended by raising ``--steps``."""
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+
+
+def ema_decay_at(cfg: TrainConfig, step: int) -> float:
+    """EMA decay used after optimiser step ``step``; 0 (a plain copy) before ``--ema-start``.
+
+    After it the decay ramps up as ``min(ema_decay, (1 + k) / (10 + k))``, ``k`` = steps since
+    ``ema_start`` (the ``num_updates`` warm-up of TensorFlow's ExponentialMovingAverage), so a
+    short run's EMA is not dominated by the initial weights: at decay 0.999 a constant
+    decay would still hold 30% of the initialisation after 1,200 steps.
+    """
+    if step < cfg.ema_start:
+        return 0.0
+    k = step - cfg.ema_start
+    return min(cfg.ema_decay, (1 + k) / (10 + k))
+
+
+def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    c, h, _ = image_shape
+    return build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes,
+                     **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
+
+
+class TrainingDiverged(DiffrepError):
+    pass
+
+
+class Trainer:
+    """Trains ``cfg`` into ``out``; ``run()`` returns the final step."""
+
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, plugins: list[Plugin] | None = None,
+                 device: str = "auto", progress: bool = True):
+        self.world = distributed.current()
+        if cfg.batch_size % (self.world.size * cfg.grad_accum):
+            raise DiffrepError(f"--batch-size {cfg.batch_size} must be divisible by processes × --grad-accum "
+                               f"= {self.world.size} × {cfg.grad_accum}")
+        self.cfg, self.out, self.progress = cfg, Path(out), progress and self.world.is_main
+        self.device = pick_device(device)
+        self.plugins = nn.ModuleList(plugins or [])
+        self.data = load_dataset(cfg.data, "train", cfg.image_size)
+        self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
+        self.process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
+        torch.manual_seed(cfg.seed)
+        self.net = build_model(cfg, self.data.shape, self.num_classes).to(self.device)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.train_net = self.net if self.world.size == 1 else nn.parallel.DistributedDataParallel(self.net)
+        for p in self.plugins:
+            p.setup(self.net, self.ema)
+        self.plugins.to(self.device)
+        self.params = [p for p in list(self.net.parameters()) + list(self.plugins.parameters()) if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
+        self.autocast = cfg.precision == "bf16"
+        self.step = 0
+        self._prepare_run_dir(resume)
+
+    # ---- run directory -------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        ckpt = latest_checkpoint(self.out)
+        if resume:
+            if ckpt is None:
+                raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; run without --resume to start a new run")
+            old = load_run_config(self.out).identity()
+            diff = config_diff(ckpt.manifest["identity"], self.cfg.identity()) or config_diff(old, self.cfg.identity())
+            if diff:
+                raise DiffrepError(f"--resume: the checkpoint in {self.out} was trained with a different config ({'; '.join(diff)}); "
+                                   "use the same options or a new --out")
+            self._load(ckpt)
+        elif ckpt is not None or (self.out / "config.yaml").exists():
+            raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out")
+        distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+        if self.world.is_main:
+            save_config(self.cfg, self.out / "config.yaml")
+            with atomic_write(self.out / "model.json", "w") as f:
+                json.dump({"image_shape": list(self.data.shape), "num_classes": self.num_classes,
+                           "model": self.cfg.model, "process": self.process.describe()}, f, indent=1)
+            self._trim_metrics()
+        distributed.barrier()
+
+    def _trim_metrics(self) -> None:
+        """Drop log lines past the resumed step, so a resumed run's log has each step once."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        with atomic_write(path, "w") as f:
+            f.write("".join(ln + "\n" for ln in lines))
+
+    def _load(self, ckpt) -> None:
+        self.net.load_state_dict(ckpt.weights("model"))
+        self.ema.load_state_dict(ckpt.weights("ema"))
+        if self.plugins:
+            self.plugins.load_state_dict(ckpt.weights("heads"))
+        state = ckpt.state()
+        self.optimizer.load_state_dict(state["optimizer"])
+        for p, s in zip(self.plugins, state.get("plugins", [])):
+            p.load_extra_state(s)
+        self.step = int(state["step"])
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (rank 0 writes; other ranks hold identical state)."""
+        if not self.world.is_main:
+            return None
+        weights = {"model": self.net.state_dict(), "ema": self.ema.state_dict()}
+        if self.plugins:
+            weights["heads"] = self.plugins.state_dict()
+        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                 "plugins": [p.extra_state() for p in self.plugins]}
+        return save_checkpoint(self.out, self.step, weights, state, self.cfg.identity(), self.cfg.keep_last)
+
+    # ---- one step ----------------------------------------------------------------------
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimiser step on the global batch of ``step``; returns this rank's loss (a tensor: no host sync).
+
+        Rank ``r`` of ``W`` takes the ``r``-th ``1/W`` of the global batch and splits it into
+        ``grad_accum`` micro-batches; DDP averages the gradients over ranks (synchronising
+        only after the last micro-batch), so the update is the full batch's mean gradient.
+        """
+        cfg = self.cfg
+        batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        denoiser = self.process.denoiser(self.train_net, self.autocast)
+        local = cfg.batch_size // self.world.size
+        micro = local // cfg.grad_accum
+        taps = tuple(sorted({t for p in self.plugins for t in p.taps}))
+        total = torch.zeros((), device=self.device)
+        self.parts: dict[str, torch.Tensor] = {}
+        for k in range(cfg.grad_accum):
+            start = self.world.rank * local + k * micro
+            mb = _slice(batch, slice(start, start + micro), self.device)
+            g = step_generator(cfg.seed, step, stream=1 + self.world.rank * cfg.grad_accum + k)
+            for p in self.plugins:
+                mb = p.transform_batch(mb, step, g)
+            last = k == cfg.grad_accum - 1
+            with contextlib.nullcontext() if last or self.world.size == 1 else self.train_net.no_sync():
+                out = denoising_loss(denoiser, mb, taps)
+                loss = out.total
+                for p in self.plugins:
+                    for name, term in p.loss_terms(mb, out, step, self.ema).items():
+                        out.parts[f"{p.name}/{name}"] = term.detach()
+                        loss = loss + term
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach() / cfg.grad_accum
+            for name, v in out.parts.items():
+                self.parts[name] = self.parts.get(name, 0) + v / cfg.grad_accum
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema(step)
+        return total
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.net.parameters()), 1.0 - ema_decay_at(self.cfg, step))
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        if self.step >= cfg.steps:
+            return self.step
+        writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1) if self.world.is_main else None
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        parts_sum: dict[str, torch.Tensor] = {}
+        last_good = self.step
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress, dynamic_ncols=True)
+        t0, n0 = time.perf_counter(), self.step
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        self.net.train()
+        try:
+            while self.step < cfg.steps:
+                loss = self.train_step(self.step)
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), self.step + 1, bad_step)
+                loss_sum += loss
+                for k, v in self.parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0) + v
+                self.step += 1
+                bar.update(1)
+                boundary = [self.step % e == 0 if e else False for e in (cfg.log_every, cfg.ckpt_every, cfg.grid_every)]
+                if any(boundary) or self.step == cfg.steps:
+                    self._check_finite(bad_step, last_good)
+                if boundary[0] or self.step == cfg.steps:
+                    dt = time.perf_counter() - t0
+                    n = self.step - n0
+                    means = {k: float(distributed.mean_over_ranks(v)) / n
+                             for k, v in {"loss": loss_sum, **dict(sorted(parts_sum.items()))}.items()}
+                    record = {"step": self.step, **means, "lr": lr_at(cfg, self.step - 1),
+                              "img_per_s": n * cfg.batch_size / dt}
+                    if self.world.is_main:
+                        self._log(record, writer)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+                    loss_sum.zero_()
+                    parts_sum.clear()
+                    t0, n0 = time.perf_counter(), self.step
+                if boundary[1] or self.step == cfg.steps:
+                    self.save()
+                    last_good = self.step
+                if boundary[2] and self.world.is_main:
+                    self.save_grid()
+        except KeyboardInterrupt:
+            bar.close()
+            if int(bad_step) < 0 and self.step > last_good:
+                self.save()
+            raise
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, previous_handler)
+        distributed.barrier()  # the final checkpoint is on disk before any rank moves on
+        return self.step
+
+    def _check_finite(self, bad_step: torch.Tensor, last_good: int) -> None:
+        if int(bad_step) >= 0:
+            raise TrainingDiverged(f"loss became NaN/inf at step {int(bad_step)}; stopped, the last good checkpoint is "
+                                   f"step {last_good} in {self.out / 'checkpoints'} (try a lower --lr or --precision fp32)")
+
+    def _log(self, record: dict, writer) -> None:
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for k, v in record.items():
+            if k != "step":
+                writer.add_scalar(f"train/{k}", v, record["step"])
+
+    @torch.no_grad()
+    def save_grid(self, n: int = 64) -> Path:
+        """A PNG grid of EMA samples with fixed noise (class ``i mod C`` in cell ``i``)."""
+        cond = torch.arange(n, device=self.device) % self.num_classes if self.num_classes else None
+        ts = self.process.time_grid(self.cfg.grid_steps)
+        x = initial_noise(self.process, (n, *self.data.shape), ts[0], torch.Generator().manual_seed(self.cfg.seed), self.device)
+        x = get_sampler(self.cfg.grid_sampler)(self.process.denoiser(self.ema, self.autocast), x, ts, cond=cond)
+        path = self.out / "grids" / f"step_{self.step:07d}.png"
+        save_grid(to_uint8(x.cpu()), path, nrow=self.num_classes or None)
+        return path
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") -> tuple[nn.Module, object, TrainConfig, dict]:
+    """Load a trained run for sampling/probing: ``(net, process, config, model_info)``; ``weights``: ``ema`` or ``model``."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    info = json.loads((run_dir / "model.json").read_text())
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
+    net = build_model(cfg, tuple(info["image_shape"]), info["num_classes"])
+    net.load_state_dict(ckpt.weights(weights))
+    info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
+    return net.to(pick_device(device)).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling), cfg, info
+
+
+__all__ = ["Trainer", "TrainingDiverged", "load_run", "lr_at", "step_generator"]

@@ -1,0 +1,89 @@
+"""The command line: help with examples, one-line errors, sample → judge on a tiny run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SMOKE, run_cli_process
+
+COMMANDS = ["train", "sample", "judge", "quickstart", "presets", "reference"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(cli, command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(command, "--help")
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and f"diffrep {command}" in out
+
+
+def test_module_entry_point():
+    done = run_cli_process("presets")
+    assert done.returncode == 0 and "quickstart" in done.stdout and "dit-tiny" in done.stdout
+
+
+def one_line_error(result) -> str:
+    code, _, err = result
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_unknown_names_list_the_valid_ones(cli, tmp_path, capsys):
+    assert "mnist5k, digits" in one_line_error(cli("train", "--data", "imagenet", "--out", tmp_path / "a"))
+    for flag, value in (("--model", "DiT-Q/4"), ("--preset", "huge"), ("--sampler", "dpm3")):
+        command = ["sample", tmp_path] if flag == "--sampler" else ["train", "--out", tmp_path / "b"]
+        with pytest.raises(SystemExit) as e:
+            cli(*command, flag, value)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "invalid choice" in err and ("DiT-S/4" in err or "quickstart" in err or "dpmpp_2m" in err)
+
+
+def test_missing_data_folder_and_not_a_run(cli, tmp_path):
+    assert "does not exist" in one_line_error(cli("train", "--data", tmp_path / "nope", "--out", tmp_path / "r"))
+    assert "not a diffrep run" in one_line_error(cli("sample", tmp_path, "--out", tmp_path / "s.npz"))
+
+
+def test_corrupt_image_is_reported_on_one_line(cli, tmp_path):
+    from conftest import write_images
+
+    write_images(tmp_path / "data" / "a", 4)
+    write_images(tmp_path / "data" / "b", 4, seed=1)
+    (tmp_path / "data" / "b" / "bad.png").write_bytes(b"\x89PNG broken")
+    code, out, err = cli("train", *SMOKE, "--data", tmp_path / "data", "--steps", 2, "--out", tmp_path / "run")
+    assert code == 0
+    assert "warning: skipped 1 unreadable image(s)" in err and "bad.png" in err
+
+
+def test_train_sample_judge_on_a_tiny_run(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *SMOKE, "--out", run)[0] == 0
+    code, out, _ = cli("sample", run, "--n", 30, "--steps", 4, "--sampler", "dpmpp_2m", "--cfg", 2.0,
+                       "--cfg-interval", "0.1,0.9", "--out", tmp_path / "s.npz", "--grid", tmp_path / "g.png",
+                       "--no-progress")
+    assert code == 0 and "30 samples" in out
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["arr_0"].shape == (30, 8, 8, 1) and f["arr_0"].dtype == np.uint8
+        assert f["arr_1"].tolist() == [i % 10 for i in range(30)]
+    assert (tmp_path / "g.png").stat().st_size > 0
+    code, out, _ = cli("judge", tmp_path / "s.npz", "--data", "digits", "--json", tmp_path / "j.json")
+    assert code == 2 or "FD_ref" in out
+
+
+def test_sampling_is_reproducible_and_batch_independent(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *SMOKE, "--out", run)[0] == 0
+    for name, batch in (("a", 10), ("b", 10)):
+        assert cli("sample", run, "--n", 20, "--steps", 3, "--batch-size", batch, "--no-progress",
+                   "--out", tmp_path / f"{name}.npz")[0] == 0
+    with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
+        assert np.array_equal(a["arr_0"], b["arr_0"])
+
+
+def test_bad_cfg_interval(cli, tmp_path):
+    assert cli("train", *SMOKE, "--steps", 2, "--out", tmp_path)[0] == 0
+    assert "lo,hi" in one_line_error(cli("sample", tmp_path, "--cfg", 2, "--cfg-interval", "0.5", "--out", tmp_path / "s.npz"))

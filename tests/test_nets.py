@@ -1,0 +1,59 @@
+"""Backbones: the ``net(x, t, cond, taps) -> (out, hidden)`` contract and the size registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffrep.errors import DiffrepError
+from diffrep.nets import MODELS, NULL_LABEL, build_net
+
+
+def n_params(net) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["DiT-T/4", "DiT-T/2", "UNet-S", "UNet-M"])
+def test_forward_shape_and_taps(name):
+    net = build_net(name, image_size=32, in_channels=3, num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    taps = (net.tap_names[0], net.tap_names[len(net.tap_names) // 2])
+    out, hidden = net(x, torch.tensor([10.0, 900.0]), torch.tensor([3, NULL_LABEL]), taps=taps)
+    assert out.shape == x.shape
+    assert set(hidden) == set(taps) and all(h.shape[0] == 2 for h in hidden.values())
+    out2, none = net(x, torch.tensor([10.0, 900.0]), None)
+    assert none == {} and out2.shape == x.shape
+
+
+def test_dit_taps_are_token_sequences():
+    net = build_net("DiT-T/4", 32, 1, 10)
+    _, hidden = net(torch.randn(2, 1, 32, 32), torch.zeros(2), None, taps=("block3",))
+    assert hidden["block3"].shape == (2, 64, 192)
+
+
+def test_unknown_tap_and_model():
+    net = build_net("UNet-S", 32, 1, 10)
+    with pytest.raises(DiffrepError, match="unknown tap"):
+        net(torch.randn(1, 1, 32, 32), torch.zeros(1), None, taps=("block99",))
+    with pytest.raises(DiffrepError, match="DiT-S/4"):
+        build_net("DiT-XXL/2", 32, 1, 10)
+
+
+def test_sizes_follow_the_papers():
+    """DiT-S is 33M parameters (DiT, Table 4 counts at 256²); the tiny size fits the 1–5M brief."""
+    assert 30e6 < n_params(build_net("DiT-S/4", 32, 1, 10)) < 34e6
+    assert 1e6 <= n_params(build_net("DiT-T/4", 32, 1, 10)) <= 5e6
+    assert {"DiT-S/2", "DiT-B/2", "DiT-L/2", "DiT-XL/2", "UNet-S", "UNet-B"} <= set(MODELS)
+
+
+def test_adaln_zero_starts_as_zero_output():
+    net = build_net("DiT-T/4", 32, 1, 10)
+    out, _ = net(torch.randn(2, 1, 32, 32), torch.ones(2), torch.tensor([1, 2]))
+    assert out.abs().max() == 0
+
+
+def test_null_label_is_its_own_embedding():
+    net = build_net("UNet-S", 32, 1, 10)
+    emb = net.y_embedder
+    assert torch.equal(emb(torch.tensor([NULL_LABEL]), 1), emb(None, 1))
+    assert not torch.equal(emb(torch.tensor([0]), 1), emb(None, 1))

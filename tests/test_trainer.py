@@ -1,0 +1,157 @@
+"""The trainer: exact resume (also after SIGKILL), Ctrl-C, NaN, damaged checkpoints, accumulation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import SMOKE, run_cli_process
+from diffrep.checkpoint import latest_checkpoint, list_checkpoints
+from diffrep.config import make_config, preset
+from diffrep.errors import DiffrepError
+from diffrep.plugins import Plugin
+from diffrep.trainer import Trainer, TrainingDiverged
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run)
+    return {**{f"model.{k}": v for k, v in ckpt.weights("model").items()},
+            **{f"ema.{k}": v for k, v in ckpt.weights("ema").items()}}
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_extending_a_run_is_bit_identical(cli, tmp_path):
+    assert cli("train", *SMOKE, "--steps", 40, "--out", tmp_path / "full")[0] == 0
+    assert cli("train", *SMOKE, "--steps", 20, "--out", tmp_path / "part")[0] == 0
+    code, out, _ = cli("train", "--steps", 40, "--resume", "--no-progress", "--out", tmp_path / "part")
+    assert code == 0 and "trained 40 steps" in out
+    assert latest_checkpoint(tmp_path / "part").step == 40
+    assert_bit_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    full_state = latest_checkpoint(tmp_path / "full").state()["optimizer"]["state"]
+    part_state = latest_checkpoint(tmp_path / "part").state()["optimizer"]["state"]
+    assert all(torch.equal(full_state[k]["exp_avg"], part_state[k]["exp_avg"]) for k in full_state)
+    steps = [line for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 8, "each logged step once"
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    args = ["train", *SMOKE, "--steps", 60, "--ckpt-every", 10, "--keep-last", 10]
+    reference = run_cli_process(*args, "--out", tmp_path / "ref")
+    assert reference.returncode == 0, reference.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "diffrep", *map(str, args), "--out", tmp_path / "killed"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "killed/checkpoints/step_0000020").exists() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert latest_checkpoint(tmp_path / "killed").step < 60
+    resumed = run_cli_process("train", "--resume", "--no-progress", "--out", tmp_path / "killed")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_bit_identical(weights(tmp_path / "ref"), weights(tmp_path / "killed"))
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "diffrep", "train", *SMOKE, "--steps", "100000", "--log-every", "1",
+                             "--ckpt-every", "100000", "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 3):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and ckpt.step >= 3
+
+
+class PoisonAfter(Plugin):
+    """A plug-in whose loss term turns NaN from a given step on."""
+
+    name = "poison"
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.from_step = step
+
+    def loss_terms(self, batch, output, step, ema):
+        return {"nan": torch.tensor(float("nan") if step >= self.from_step else 0.0)}
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = make_config(preset("smoke"), {"steps": 20, "ckpt_every": 5, "log_every": 5})
+    trainer = Trainer(cfg, tmp_path, plugins=[PoisonAfter(7)], progress=False)
+    with pytest.raises(TrainingDiverged, match="NaN/inf at step 8.*last good checkpoint is step 5"):
+        trainer.run()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000005"]
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(cli, tmp_path):
+    assert cli("train", *SMOKE, "--steps", 20, "--out", tmp_path)[0] == 0
+    newest = tmp_path / "checkpoints/step_0000020/model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="does not match its hash"):
+        assert latest_checkpoint(tmp_path).step == 10
+    code, out, _ = cli("train", "--resume", "--no-progress", "--out", tmp_path)
+    assert code == 0 and latest_checkpoint(tmp_path).step == 20
+
+
+def test_resume_errors(cli, tmp_path):
+    code, _, err = cli("train", *SMOKE, "--resume", "--out", tmp_path / "empty")
+    assert code == 2 and "no usable checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert cli("train", *SMOKE, "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("train", *SMOKE, "--resume", "--lr", "0.5", "--out", tmp_path / "run")
+    assert code == 2 and "lr: 0.001 → 0.5" in err
+    code, _, err = cli("train", *SMOKE, "--out", tmp_path / "run")
+    assert code == 2 and "already holds a run" in err
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    cfg = dict(preset("smoke"), steps=3, ckpt_every=3, precision="fp32")
+    Trainer(make_config(cfg), tmp_path / "full", progress=False).run()
+    Trainer(make_config(cfg, {"grad_accum": 4}), tmp_path / "accum", progress=False).run()
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "accum")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_run_directory_contents(cli, tmp_path):
+    assert cli("train", *SMOKE, "--grid-every", 10, "--out", tmp_path)[0] == 0
+    assert {"config.yaml", "model.json", "metrics.jsonl", "checkpoints", "tb", "grids"} <= set(os.listdir(tmp_path))
+    assert sorted(os.listdir(tmp_path / "grids")) == ["step_0000010.png", "step_0000020.png"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+    ckpt = tmp_path / "checkpoints/step_0000020"
+    assert sorted(os.listdir(ckpt)) == ["ema.safetensors", "manifest.json", "model.safetensors", "state.pt"]
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    assert state["step"] == 20
+
+
+def test_bad_config_options(tmp_path):
+    with pytest.raises(DiffrepError, match="unknown config option"):
+        make_config({"learning_rate": 1.0})
+    with pytest.raises(DiffrepError, match="unknown model 'UNet-Z'"):
+        make_config({"model": "UNet-Z"})
+
+
+def test_ema_decay_warms_up_then_stays_at_the_configured_value():
+    from diffrep.trainer import ema_decay_at
+
+    cfg = make_config({"ema_decay": 0.999, "ema_start": 5})
+    assert ema_decay_at(cfg, 4) == 0.0
+    assert ema_decay_at(cfg, 5) == pytest.approx(0.1)
+    assert ema_decay_at(cfg, 105) == pytest.approx(101 / 110)
+    assert ema_decay_at(cfg, 100_000) == 0.999
