@@ -66,7 +66,7 @@ def main() -> None:
     print(table(rows + guided, columns))
     path = write_result(name, {"preset": a.preset, "overrides": overrides, "config": vars(cfg), "n_samples": a.n,
                                "sampler": "euler, 50 steps", "curve_no_cfg": rows, "final_cfg": guided,
-                               "command": "python benchmarks/" + " ".join(sys.argv)})
+                               "command": "python " + " ".join(sys.argv)})
     print(f"→ {path}")
 
 

@@ -1,4 +1,4 @@
-"""The command line: help with examples, one-line errors, sample → judge on a tiny run."""
+"""The command line: help with examples, one-line errors, train → sample → judge."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_corrupt_image_is_reported_on_one_line(cli, tmp_path):
     assert "warning: skipped 1 unreadable image(s)" in err and "bad.png" in err
 
 
-def test_train_sample_judge_on_a_tiny_run(cli, tmp_path):
+def test_train_then_sample_a_tiny_run(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *SMOKE, "--out", run)[0] == 0
     code, out, _ = cli("sample", run, "--n", 30, "--steps", 4, "--sampler", "dpmpp_2m", "--cfg", 2.0,
@@ -70,15 +70,27 @@ def test_train_sample_judge_on_a_tiny_run(cli, tmp_path):
         assert f["arr_0"].shape == (30, 8, 8, 1) and f["arr_0"].dtype == np.uint8
         assert f["arr_1"].tolist() == [i % 10 for i in range(30)]
     assert (tmp_path / "g.png").stat().st_size > 0
-    code, out, _ = cli("judge", tmp_path / "s.npz", "--data", "digits", "--json", tmp_path / "j.json")
-    assert code == 2 or "FD_ref" in out
 
 
-def test_sampling_is_reproducible_and_batch_independent(cli, tmp_path):
+def test_judge_real_test_images(cli, tmp_path):
+    """The whole test split judged against itself: the encoder's accuracy, and FD_ref 0."""
+    import json
+
+    from diffrep.data import load_builtin
+
+    test = load_builtin("mnist5k", "test")
+    np.savez(tmp_path / "real.npz", arr_0=test.images.permute(0, 2, 3, 1).numpy(), arr_1=test.labels.numpy())
+    code, out, _ = cli("judge", tmp_path / "real.npz", "--json", tmp_path / "j.json")
+    assert code == 0 and "FD_ref" in out
+    result = json.loads((tmp_path / "j.json").read_text())
+    assert result["accuracy"] > 0.98 and result["fd_ref"] < 1e-6
+
+
+def test_sampling_is_reproducible_with_a_seed(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("train", *SMOKE, "--out", run)[0] == 0
-    for name, batch in (("a", 10), ("b", 10)):
-        assert cli("sample", run, "--n", 20, "--steps", 3, "--batch-size", batch, "--no-progress",
+    for name in ("a", "b"):
+        assert cli("sample", run, "--n", 20, "--steps", 3, "--batch-size", 10, "--no-progress",
                    "--out", tmp_path / f"{name}.npz")[0] == 0
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         assert np.array_equal(a["arr_0"], b["arr_0"])

@@ -131,3 +131,15 @@ def test_cfg_applies_only_inside_the_interval():
     assert torch.allclose(inside.x0, torch.full((4, 1), -1 + 3.0 * (2 - (-1))))
     outside = guided(x, 0.9, cond)
     assert inner.batches == [8, 4] and torch.allclose(outside.x0, torch.full((4, 1), 2.0))
+
+
+def test_rho_grid_puts_steps_at_low_noise():
+    ts = FlowProcess().time_grid(50, rho=2.0)
+    assert ts[0] == 1 and ts[-1] == 0 and float(ts[-2]) == pytest.approx(1 / 2500)
+    torch.testing.assert_close(FlowProcess().time_grid(50), torch.linspace(1, 0, 51, dtype=torch.float64))
+    p = FlowProcess()
+    exact, _ = draw(p, "dpmpp_2m", 1000, n=2000)
+    g = torch.Generator().manual_seed(0)
+    x = initial_noise(p, (2000, 1), 1.0, g).double()
+    on_rho_grid = get_sampler("euler")(GaussianDenoiser(p), x, p.time_grid(100, rho=2.0))
+    assert float((on_rho_grid - exact).abs().mean()) < 0.01

@@ -109,8 +109,3 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
             warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
     return None
 
-
-def load_weights_file(path: Path | str) -> dict[str, torch.Tensor]:
-    """A safetensors file as a state dict."""
-    return load_file(str(path))
-

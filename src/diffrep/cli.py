@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="number of images (spell it --num-samples under torchrun, whose own options --n would abbreviate)")
     s.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
     s.add_argument("--steps", type=int, default=50, help="grid intervals (Heun uses 2·steps−1 net calls)")
+    s.add_argument("--grid-rho", type=float, help="time grid t_i = t_max·(1 − i/steps)^ρ (edm: its σ grid's ρ); "
+                   "default: the process's (1 for flow and vp, 7 for edm)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     s.add_argument("--cfg-interval", help="lo,hi: guide only for t (σ for edm) in [lo, hi]")
@@ -148,7 +150,8 @@ def _parse_interval(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", steps: int = 50, seed: int = 0,
+def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", steps: int = 50,
+               grid_rho: float | None = None, seed: int = 0,
                cfg: float = 1.0, cfg_interval: tuple[float, float] | None = None, labels: str = "balanced",
                batch_size: int = 250, weights: str = "ema", precision: str = "bf16", grid: Path | None = None,
                device: str = "auto", progress: bool = True) -> dict:
@@ -173,7 +176,7 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     y = make_labels(labels, n, info["num_classes"], seed)
     world = distributed.current()
     start = time.perf_counter()
-    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, seed=seed, labels=y,
+    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, grid_rho=grid_rho, seed=seed, labels=y,
                       cfg_scale=cfg, cfg_interval=cfg_interval, batch_size=batch_size, autocast=precision == "bf16",
                       chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
     gathered = distributed.gather_to_main(chunks)
@@ -188,7 +191,7 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
         if grid:
             save_grid(images[:100], grid, nrow=10)
     distributed.barrier()
-    return {"n": n, "sampler": sampler, "steps": steps, "nfe": network_evaluations(sampler, steps), "cfg": cfg,
+    return {"n": n, "sampler": sampler, "steps": steps, "grid_rho": grid_rho, "nfe": network_evaluations(sampler, steps), "cfg": cfg,
             "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"], "seconds": seconds,
             "images_per_s": n / seconds, "out": str(out)}
 
@@ -196,8 +199,8 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
 def cmd_sample(a) -> int:
     from diffrep import distributed
 
-    done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.seed, a.cfg, _parse_interval(a.cfg_interval), a.labels,
-                      a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress)
+    done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.grid_rho, a.seed, a.cfg, _parse_interval(a.cfg_interval),
+                      a.labels, a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress)
     if distributed.current().is_main:
         print(f"{done['n']} samples ({done['sampler']}, {done['nfe']} net calls each, cfg {done['cfg']}) from step "
               f"{done['checkpoint_step']} in {done['seconds']:.1f}s → {a.out}" + (f", grid {a.grid}" if a.grid else ""))
@@ -230,8 +233,9 @@ def cmd_judge(a) -> int:
 
 def cmd_quickstart(a) -> int:
     from diffrep.config import make_config, preset
-    from diffrep.reference import judge
     from diffrep.data import load_npz
+    from diffrep.io import atomic_write
+    from diffrep.reference import judge
     from diffrep.trainer import Trainer
 
     cfg = make_config(preset("quickstart"), {"steps": a.steps})
@@ -244,8 +248,11 @@ def cmd_quickstart(a) -> int:
         npz = a.out / f"samples_{'cfg' if kw else 'nocfg'}.npz"
         sample_run(a.out, npz, n=a.n, sampler="euler", steps=50, grid=npz.with_suffix(".png"), **kw)
         rows.append((name, judge(load_npz(npz), cfg.data).as_dict()))
+    with atomic_write(a.out / "quickstart.json", "w") as f:
+        json.dump({"train_seconds": round(train_s, 1), "steps": cfg.steps, "n_samples": a.n,
+                   "results": dict(rows)}, f, indent=1)
     print(f"\ntrained in {train_s / 60:.1f} min; run: {a.out} (checkpoints/, metrics.jsonl, tb/, grids/)")
-    print(f"samples: {a.out}/samples_nocfg.npz, {a.out}/samples_cfg.npz (+ .png grids)\n")
+    print(f"samples: {a.out}/samples_nocfg.npz, {a.out}/samples_cfg.npz (+ .png grids); numbers: {a.out}/quickstart.json\n")
     print(_judge_table(rows))
     return 0
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from diffrep.data import to_uint8
 from diffrep.errors import DiffrepError
 from diffrep.guidance import ClassifierFreeGuidance
+from diffrep.rng import keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
 
 
@@ -35,13 +36,9 @@ def make_labels(spec: str | int | None, n: int, num_classes: int, seed: int = 0)
     return torch.full((n,), c, dtype=torch.long)
 
 
-def chunk_generator(seed: int, chunk: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + chunk)
-
-
 @torch.no_grad()
 def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int, *, sampler: str = "euler", steps: int = 50,
-             seed: int = 0, labels: torch.Tensor | None = None, cfg_scale: float = 1.0,
+             grid_rho: float | None = None, seed: int = 0, labels: torch.Tensor | None = None, cfg_scale: float = 1.0,
              cfg_interval: tuple[float, float] | None = None, batch_size: int = 250, autocast: bool = True,
              chunks: Callable[[int], bool] | None = None, progress: bool = True) -> dict[int, torch.Tensor]:
     """Samples as ``{chunk index: uint8 images}`` for the chunks ``chunks(j)`` selects (all by default)."""
@@ -52,12 +49,12 @@ def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int,
             raise DiffrepError("--cfg needs a class-conditional model and --labels")
         denoiser = ClassifierFreeGuidance(denoiser, cfg_scale, cfg_interval)
     sample = get_sampler(sampler)
-    ts = process.time_grid(steps)
+    ts = process.time_grid(steps, grid_rho)
     todo = [j for j in range(-(-n // batch_size)) if chunks is None or chunks(j)]
     out = {}
     for j in tqdm(todo, desc="sample", unit="batch", disable=not progress):
         lo, hi = j * batch_size, min(n, (j + 1) * batch_size)
-        g = chunk_generator(seed, j)
+        g = keyed_generator(seed, j)
         x = initial_noise(process, (hi - lo, *shape), ts[0], g, device)
         cond = None if labels is None else labels[lo:hi].to(device)
         out[j] = to_uint8(sample(denoiser, x, ts, cond=cond, generator=g).cpu())

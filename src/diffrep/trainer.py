@@ -31,14 +31,16 @@ from diffrep.loss import Batch, denoising_loss
 from diffrep.nets import NULL_LABEL, build_net
 from diffrep.plugins import Plugin
 from diffrep.processes import make_process
+from diffrep.rng import keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
 
-_SEED_STRIDE = 1_000_003
+BATCH_STREAM, EPOCH_STREAM, PLUGIN_STREAM = 0, 1, 2
+"""Streams of :func:`step_generator`: the batch's draws, the epoch permutation, then one per micro-batch for plug-ins."""
 
 
-def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+def step_generator(seed: int, step: int, stream: int = BATCH_STREAM) -> torch.Generator:
     """The generator for one step's draws: a pure function of ``(seed, step, stream)``."""
-    return torch.Generator().manual_seed((seed * _SEED_STRIDE + step) * 16 + stream)
+    return keyed_generator(seed, step, stream)
 
 
 class EpochSampler:
@@ -50,7 +52,7 @@ class EpochSampler:
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=step_generator(self.seed, epoch, stream=15))}
+            self._cache = {epoch: torch.randperm(self.n, generator=step_generator(self.seed, epoch, EPOCH_STREAM))}
         return self._cache[epoch]
 
     def indices(self, step: int) -> torch.Tensor:
@@ -225,7 +227,7 @@ class Trainer:
         for k in range(cfg.grad_accum):
             start = self.world.rank * local + k * micro
             mb = _slice(batch, slice(start, start + micro), self.device)
-            g = step_generator(cfg.seed, step, stream=1 + self.world.rank * cfg.grad_accum + k)
+            g = step_generator(cfg.seed, step, PLUGIN_STREAM + self.world.rank * cfg.grad_accum + k)
             for p in self.plugins:
                 mb = p.transform_batch(mb, step, g)
             last = k == cfg.grad_accum - 1

@@ -156,9 +156,3 @@ DIT_SIZES = {
     "L": _size(24, 1024, 16),
     "XL": _size(28, 1152, 16),
 }
-
-
-def dit_kwargs(name: str) -> dict:
-    """``"DiT-S/4"`` → constructor kwargs (size + patch)."""
-    size, patch = name.split("-", 1)[1].split("/")
-    return {**DIT_SIZES[size], "patch_size": int(patch)}
