@@ -108,4 +108,3 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
         except DiffrepError as e:
             warnings.warn(f"{e}; falling back to the previous checkpoint", stacklevel=2)
     return None
-

@@ -176,8 +176,9 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     y = make_labels(labels, n, info["num_classes"], seed)
     world = distributed.current()
     start = time.perf_counter()
-    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, grid_rho=grid_rho, seed=seed, labels=y,
-                      cfg_scale=cfg, cfg_interval=cfg_interval, batch_size=batch_size, autocast=precision == "bf16",
+    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, grid_rho=grid_rho,
+                      seed=seed, labels=y, cfg_scale=cfg, cfg_interval=cfg_interval, batch_size=batch_size,
+                      autocast=precision == "bf16",
                       chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
     gathered = distributed.gather_to_main(chunks)
     seconds = time.perf_counter() - start
@@ -191,8 +192,8 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
         if grid:
             save_grid(images[:100], grid, nrow=10)
     distributed.barrier()
-    return {"n": n, "sampler": sampler, "steps": steps, "grid_rho": grid_rho, "nfe": network_evaluations(sampler, steps), "cfg": cfg,
-            "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"], "seconds": seconds,
+    return {"n": n, "sampler": sampler, "steps": steps, "grid_rho": grid_rho, "nfe": network_evaluations(sampler, steps),
+            "cfg": cfg, "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"], "seconds": seconds,
             "images_per_s": n / seconds, "out": str(out)}
 
 

@@ -45,6 +45,8 @@ class Process:
 
     name: str
     t_max: float
+    grid_rho: float = 1.0
+    """Default exponent of :meth:`time_grid` (1: uniform in ``t``)."""
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -61,9 +63,6 @@ class Process:
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training times ``t`` (float32, shape ``n``)."""
         raise NotImplementedError
-
-    grid_rho: float = 1.0
-    """Default exponent of :meth:`time_grid` (1: uniform in ``t``)."""
 
     def time_grid(self, steps: int, rho: float | None = None) -> torch.Tensor:
         """Sampling grid: ``steps + 1`` float64 times ``t_i = t_max·(1 − i/steps)^ρ`` from ``t_max`` down to 0.
