@@ -42,3 +42,23 @@ def test_samples_do_not_depend_on_the_number_of_processes(tmp_path):
                  "--no-progress", "--out", tmp_path / f"s{nproc}.npz")
     with np.load(tmp_path / "s1.npz") as one, np.load(tmp_path / "s2.npz") as two:
         assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["arr_1"], two["arr_1"])
+
+
+def test_features_do_not_depend_on_the_number_of_processes(tmp_path):
+    for nproc in (1, 2):
+        torchrun(nproc, "features", "mnist5k:test", "--encoder", "reference", "--batch-size", 96, "--no-cache",
+                 "--no-progress", "--out", tmp_path / f"f{nproc}.npz")
+    with np.load(tmp_path / "f1.npz") as one, np.load(tmp_path / "f2.npz") as two:
+        assert one["features"].shape == (1000, 128)
+        assert np.array_equal(one["features"], two["features"]) and np.array_equal(one["logits"], two["logits"])
+
+
+def test_a_failing_rank_stops_the_job_instead_of_hanging(tmp_path):
+    script = tmp_path / "fail_rank1.py"
+    script.write_text("import os, sys\nfrom diffrep.cli import main\n"
+                      "if os.environ['RANK'] == '1':\n    sys.exit('rank 1 failed on purpose')\n"
+                      f"sys.exit(main(['train', '--preset', 'smoke', '--no-progress', '--out', r'{tmp_path / 'run'}']))\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    assert "rank 1 failed on purpose" in done.stderr

@@ -155,3 +155,20 @@ def test_ema_decay_warms_up_then_stays_at_the_configured_value():
     assert ema_decay_at(cfg, 5) == pytest.approx(0.1)
     assert ema_decay_at(cfg, 105) == pytest.approx(101 / 110)
     assert ema_decay_at(cfg, 100_000) == 0.999
+
+
+def test_eval_every_logs_a_curve_without_changing_the_trajectory(cli, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("DIFFREP_CACHE", str(tmp_path / "cache"))
+    assert cli("train", *SMOKE, "--out", tmp_path / "plain")[0] == 0
+    code, _, err = cli("train", *SMOKE, "--eval-every", 10, "--eval-samples", 40, "--eval-metrics", "fd,prdc",
+                       "--eval-encoders", "pixels", "--out", tmp_path / "eval")
+    assert code == 0, err
+    records = [json.loads(x) for x in (tmp_path / "eval" / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20]
+    assert {"pixels/fd", "pixels/precision", "pixels/coverage"} <= records[-1].keys()
+    assert (tmp_path / "eval" / "eval.png").stat().st_size > 1000
+    assert_bit_identical(weights(tmp_path / "plain"), weights(tmp_path / "eval"))
+    code, _, err = cli("train", *SMOKE, "--eval-every", 10, "--eval-metrics", "fid", "--out", tmp_path / "bad")
+    assert code == 2 and "--eval-metrics: unknown fid" in err

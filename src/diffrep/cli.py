@@ -18,6 +18,9 @@ def _examples(*lines: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     from diffrep.config import PRESETS
+    from diffrep.encoders import ENCODERS
+    from diffrep.encoders.resize import RESIZE_MODES
+    from diffrep.evaluate import DEFAULT_METRICS, METRICS
     from diffrep.nets import MODELS
     from diffrep.processes import PROCESSES
     from diffrep.samplers import SAMPLERS
@@ -66,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--keep-last", type=int, help="checkpoints to keep")
     t.add_argument("--log-every", type=int)
     t.add_argument("--grid-every", type=int, help="sample-grid PNG every N steps (0: never)")
+    t.add_argument("--eval-every", type=int, help="evaluate EMA samples every N steps (0: never): eval.jsonl, "
+                   "TensorBoard eval/*, eval.png")
+    t.add_argument("--eval-samples", type=int, help="samples per evaluation (default 1000, class-balanced)")
+    t.add_argument("--eval-metrics", help=f"comma list of {', '.join(METRICS)} (default fd)")
+    t.add_argument("--eval-encoders", help="comma list of encoders (default reference)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 …")
     t.add_argument("--no-progress", action="store_true")
 
@@ -104,6 +112,56 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=int, default=1000, help="samples to judge")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
 
+    e = sub.add_parser("eval", help="metrics × encoders between generated and reference images", formatter_class=fmt,
+                       description="Evaluate GEN against REF. GEN/REF: a folder of images, an .npz (ADM layout: arr_0 "
+                                   "images; REF may hold only mu/sigma), a run directory (its samples.npz) or a "
+                                   "built-in split such as mnist5k:test. Prints a metric × encoder table.",
+                       epilog=_examples("diffrep eval samples.npz mnist5k:test",
+                                        "diffrep eval samples.npz mnist5k:test --metrics fd,kid,prdc,vendi,authpct,ct "
+                                        "--train mnist5k:train --out results.json",
+                                        "diffrep eval gen/ VIRTUAL_imagenet256_labeled.npz --encoders inception,dinov2-l14 "
+                                        "--encoder-weights inception=pt_inception.pth --encoder-weights dinov2-l14=vitl.pth",
+                                        "torchrun --nproc-per-node 8 -m diffrep eval gen.npz ref.npz --encoders dinov2-l14"))
+    e.add_argument("gen", help="generated images")
+    e.add_argument("ref", help="reference images (or ADM statistics)")
+    e.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma list of {', '.join(METRICS)}")
+    e.add_argument("--encoders", default="reference", help=f"comma list of {', '.join(ENCODERS)}")
+    e.add_argument("--encoder-weights", action="append", default=[], metavar="NAME=PATH",
+                   help="local weights file for an encoder (repeatable); default: the official download")
+    e.add_argument("--resize", choices=RESIZE_MODES, help="override every encoder's resize mode")
+    e.add_argument("--train", help="training images, for authpct and ct (e.g. mnist5k:train)")
+    e.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
+    e.add_argument("--k-dc", type=int, default=5, help="neighbours for density/coverage (default 5)")
+    e.add_argument("--kid-subset-size", type=int, default=1000)
+    e.add_argument("--reference-sqrtm", action="store_true", help="compute FD with scipy's sqrtm (parity checks)")
+    e.add_argument("--no-ref-stats", dest="ref_stats", action="store_false",
+                   help="use REF's images even when it holds mu/sigma")
+    e.add_argument("--image-size", type=int, help="resize folder images of mixed sizes to this square size")
+    e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder compute dtype")
+    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
+    e.add_argument("--cache-dir", type=Path, help="feature cache (default $DIFFREP_CACHE/features or ~/.cache/diffrep)")
+    e.add_argument("--out", type=Path, help="write the rows (values, params, encoder specs) as JSON")
+    e.add_argument("--no-progress", action="store_true")
+
+    f = sub.add_parser("features", help="encode images with a metric encoder into an .npz", formatter_class=fmt,
+                       epilog=_examples("diffrep features mnist5k:test --encoder reference --out ref_feats.npz",
+                                        "torchrun --nproc-per-node 2 -m diffrep features gen.npz --encoder dinov2-s14 "
+                                        "--encoder-weights dinov2-s14=vits14.pth --out f.npz"))
+    f.add_argument("images", help="a folder, an .npz, a run directory or a built-in split")
+    f.add_argument("--encoder", default="reference", choices=list(ENCODERS))
+    f.add_argument("--encoder-weights", metavar="PATH", help="local weights file (default: the official download)")
+    f.add_argument("--resize", choices=RESIZE_MODES, help="override the encoder's resize mode")
+    f.add_argument("--image-size", type=int)
+    f.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    f.add_argument("--batch-size", type=int, default=100)
+    f.add_argument("--device", default="auto")
+    f.add_argument("--no-cache", action="store_true")
+    f.add_argument("--cache-dir", type=Path)
+    f.add_argument("--out", type=Path, required=True, help=".npz with 'features' (and 'logits'), plus the spec as JSON")
+    f.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("presets", help="list the presets", epilog=_examples("diffrep presets"), formatter_class=fmt)
 
     r = sub.add_parser("reference", help="train the reference encoder of a built-in dataset", formatter_class=fmt,
@@ -118,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("data", "image_size", "hflip", "class_conditional", "label_dropout", "model", "process", "prediction",
                "schedule", "time_sampling", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
                "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "seed", "ckpt_every", "keep_last",
-               "log_every", "grid_every")
+               "log_every", "grid_every", "eval_every", "eval_samples", "eval_metrics", "eval_encoders")
 
 
 def cmd_train(a) -> int:
@@ -160,8 +218,6 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     Under torchrun, rank ``r`` of ``W`` draws chunks ``j ≡ r (mod W)`` and rank 0 writes the
     file; chunk ``j`` is seeded by ``(seed, j)``, so image ``i`` is the same for any ``W``.
     """
-    import torch
-
     from diffrep import distributed
     from diffrep.data import save_grid
     from diffrep.generate import generate, make_labels
@@ -180,11 +236,9 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
                       seed=seed, labels=y, cfg_scale=cfg, cfg_interval=cfg_interval, batch_size=batch_size,
                       autocast=precision == "bf16",
                       chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
-    gathered = distributed.gather_to_main(chunks)
+    images = distributed.gather_chunks(chunks)
     seconds = time.perf_counter() - start
     if world.is_main:
-        chunks = {j: images for part in gathered for j, images in part.items()}
-        images = torch.cat([chunks[j] for j in sorted(chunks)])
         arrays = {"arr_0": images.permute(0, 2, 3, 1).numpy()}
         if y is not None:
             arrays["arr_1"] = y.numpy()
@@ -258,6 +312,82 @@ def cmd_quickstart(a) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    from diffrep.trainer import pick_device
+
+    return str(pick_device(name))
+
+
+def _encoder_weights(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not path:
+            raise DiffrepError(f"--encoder-weights {pair!r}: expected NAME=PATH, e.g. inception=pt_inception.pth")
+        out[name] = path
+    return out
+
+
+def _cache(a):
+    from diffrep.features import FeatureCache
+
+    return None if a.no_cache else FeatureCache(a.cache_dir)
+
+
+def cmd_eval(a) -> int:
+    from diffrep import distributed
+    from diffrep.evaluate import evaluate, format_table, load_encoders, load_eval_set
+    from diffrep.io import atomic_write
+
+    names = [m.strip() for m in a.metrics.split(",") if m.strip()]
+    encoders = load_encoders([e.strip() for e in a.encoders.split(",") if e.strip()],
+                             _encoder_weights(a.encoder_weights), a.resize)
+    gen, ref = load_eval_set(a.gen, a.image_size), load_eval_set(a.ref, a.image_size)
+    train = load_eval_set(a.train, a.image_size) if a.train else None
+    rows = evaluate(gen, ref, metric_names=names, encoders=encoders, train=train, batch_size=a.batch_size,
+                    dtype=a.precision, device=_device(a.device), cache=_cache(a), progress=not a.no_progress,
+                    reference_sqrtm=a.reference_sqrtm, ref_stats=a.ref_stats, k_pr=a.k, k_dc=a.k_dc,
+                    kid_subset_size=a.kid_subset_size)
+    if not distributed.current().is_main:
+        return 0
+    print(format_table(rows))
+    if a.out:
+        import torch
+
+        from diffrep import __version__
+
+        with atomic_write(a.out, "w") as fh:
+            json.dump({"command": "diffrep " + " ".join(sys.argv[1:]), "diffrep": __version__,
+                       "torch": torch.__version__, "rows": rows}, fh, indent=1)
+        print(f"→ {a.out}")
+    return 0
+
+
+def cmd_features(a) -> int:
+    import numpy as np
+
+    from diffrep import distributed
+    from diffrep.encoders import get_encoder
+    from diffrep.evaluate import load_eval_set
+    from diffrep.features import extract_features
+    from diffrep.io import save_npz
+
+    encoder = get_encoder(a.encoder, a.encoder_weights, a.resize)
+    images = load_eval_set(a.images, a.image_size)
+    if images.images is None:
+        raise DiffrepError(f"{a.images} holds statistics only, no images to encode")
+    encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=a.precision,
+                               device=_device(a.device), cache=_cache(a), progress=not a.no_progress)
+    if distributed.current().is_main:
+        arrays = {"features": encoded.features.numpy()}
+        if encoded.logits is not None:
+            arrays["logits"] = encoded.logits.numpy()
+        spec = json.dumps({**encoder.spec.as_dict(), "precision": a.precision, "images": images.name})
+        save_npz(a.out, spec=np.array(spec), **arrays)
+        print(f"{len(encoded.features)} × {encoded.features.shape[1]} {a.encoder} features → {a.out}")
+    return 0
+
+
 def cmd_presets(a) -> int:
     from diffrep.config import PRESETS
 
@@ -277,8 +407,8 @@ def cmd_reference(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "judge": cmd_judge, "quickstart": cmd_quickstart,
-            "presets": cmd_presets, "reference": cmd_reference}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "judge": cmd_judge, "eval": cmd_eval, "features": cmd_features,
+            "quickstart": cmd_quickstart, "presets": cmd_presets, "reference": cmd_reference}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

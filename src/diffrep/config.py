@@ -52,6 +52,10 @@ class TrainConfig:
     grid_every: int = 500
     grid_sampler: str = "euler"
     grid_steps: int = 32
+    eval_every: int = 0                 # 0: never; samples use grid_sampler/grid_steps
+    eval_samples: int = 1000
+    eval_metrics: str = "fd"
+    eval_encoders: str = "reference"
     plugins: list[str] = field(default_factory=list)
 
     def validate(self) -> "TrainConfig":
@@ -70,14 +74,29 @@ class TrainConfig:
             raise DiffrepError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise DiffrepError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
+        if self.eval_every:
+            self._validate_eval()
         return self
+
+    def _validate_eval(self) -> None:
+        from diffrep.encoders import ENCODERS
+        from diffrep.evaluate import METRICS
+
+        for flag, names, valid in (("--eval-metrics", self.eval_metrics, METRICS),
+                                   ("--eval-encoders", self.eval_encoders, tuple(ENCODERS))):
+            unknown = [n for n in names.split(",") if n not in valid]
+            if unknown:
+                raise DiffrepError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+        if self.eval_samples < 10:
+            raise DiffrepError(f"--eval-samples must be at least 10, got {self.eval_samples}")
 
     def identity(self) -> dict:
         """The fields that define the training trajectory (everything a resume must keep)."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_FIELDS}
 
 
-RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "grid_every", "grid_sampler", "grid_steps"})
+RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "grid_every", "grid_sampler", "grid_steps",
+                              "eval_every", "eval_samples", "eval_metrics", "eval_encoders"})
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 PRESETS: dict[str, tuple[str, dict]] = {

@@ -70,3 +70,21 @@ def gather_to_main(obj: object) -> list[object] | None:
     out = [None] * world.size if world.is_main else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def gather_chunks(chunks: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """Every rank's ``{chunk index: tensor}`` concatenated in chunk order on rank 0 (``None`` elsewhere)."""
+    parts = gather_to_main(chunks)
+    if parts is None:
+        return None
+    merged = {j: x for part in parts for j, x in part.items()}
+    return torch.cat([merged[j] for j in sorted(merged)])
+
+
+def broadcast_from_main(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if current().size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -42,9 +42,13 @@ class ReferenceCNN(nn.Module):
         self.fc = nn.Linear(128, FEATURE_DIM)
         self.head = nn.Linear(FEATURE_DIM, num_classes)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 - 0.5
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of float images in [-0.5, 0.5]."""
         return F.relu(self.fc(self.body(x).mean(dim=(2, 3))))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of ``uint8`` images."""
+        return self.embed(images.float() / 255.0 - 0.5)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))

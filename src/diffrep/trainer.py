@@ -24,7 +24,7 @@ from torch import nn
 from diffrep import distributed
 from diffrep.checkpoint import latest_checkpoint, save_checkpoint
 from diffrep.config import TrainConfig, config_diff, load_run_config, save_config
-from diffrep.data import ImageSet, load_dataset, save_grid, to_model_range, to_uint8
+from diffrep.data import BUILTIN, ImageSet, load_builtin, load_dataset, save_grid, to_model_range, to_uint8
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write
 from diffrep.loss import Batch, denoising_loss
@@ -150,6 +150,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
         self.autocast = cfg.precision == "bf16"
         self.step = 0
+        self._eval_sets = None
         self._prepare_run_dir(resume)
 
     # ---- run directory -------------------------------------------------------------
@@ -279,7 +280,8 @@ class Trainer:
                     parts_sum[k] = parts_sum.get(k, 0) + v
                 self.step += 1
                 bar.update(1)
-                boundary = [self.step % e == 0 if e else False for e in (cfg.log_every, cfg.ckpt_every, cfg.grid_every)]
+                boundary = [self.step % e == 0 if e else False
+                            for e in (cfg.log_every, cfg.ckpt_every, cfg.grid_every, cfg.eval_every)]
                 if any(boundary) or self.step == cfg.steps:
                     self._check_finite(bad_step, last_good)
                 if boundary[0] or self.step == cfg.steps:
@@ -300,6 +302,8 @@ class Trainer:
                     last_good = self.step
                 if boundary[2] and self.world.is_main:
                     self.save_grid()
+                if boundary[3] or (cfg.eval_every and self.step == cfg.steps):
+                    self.evaluate(writer)
         except KeyboardInterrupt:
             bar.close()
             if int(bad_step) < 0 and self.step > last_good:
@@ -325,6 +329,41 @@ class Trainer:
         for k, v in record.items():
             if k != "step":
                 writer.add_scalar(f"train/{k}", v, record["step"])
+
+    def evaluate(self, writer=None) -> list[dict] | None:
+        """Evaluate ``eval_samples`` class-balanced EMA samples (``grid_sampler``, ``grid_steps``) against the
+        test split of a built-in dataset (else the training data); sampling is sharded over ranks.
+
+        Appends to ``eval.jsonl``, TensorBoard ``eval/<encoder>/<value>`` and redraws ``eval.png``.
+        """
+        from diffrep.evaluate import EvalSet, evaluate, load_encoders, plot_curves
+        from diffrep.features import FeatureCache
+        from diffrep.generate import generate, make_labels
+
+        cfg = self.cfg
+        if self._eval_sets is None:
+            ref = load_builtin(cfg.data, "test") if cfg.data in BUILTIN else self.data
+            self._eval_sets = (EvalSet(f"{cfg.data}:test" if cfg.data in BUILTIN else cfg.data, ref.images),
+                               EvalSet(f"{cfg.data}:train", self.data.images),
+                               load_encoders(cfg.eval_encoders.split(",")))
+        ref, train, encoders = self._eval_sets
+        labels = make_labels("balanced", cfg.eval_samples, self.num_classes) if self.num_classes else None
+        chunks = generate(self.ema, self.process, self.data.shape, cfg.eval_samples, sampler=cfg.grid_sampler,
+                          steps=cfg.grid_steps, seed=cfg.seed, labels=labels, autocast=self.autocast,
+                          chunks=lambda j: j % self.world.size == self.world.rank, progress=False)
+        images = distributed.broadcast_from_main(distributed.gather_chunks(chunks))
+        rows = evaluate(EvalSet(f"step {self.step}", images), ref, metric_names=cfg.eval_metrics.split(","),
+                        encoders=encoders, train=train, device=str(self.device), cache=FeatureCache(),
+                        cache_generated=False, progress=False)
+        if self.world.is_main:
+            record = {"step": self.step, **{f"{r['encoder']}/{k}": v for r in rows for k, v in r["values"].items()}}
+            with open(self.out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            for k, v in record.items():
+                if writer is not None and k != "step":
+                    writer.add_scalar(f"eval/{k}", v, self.step)
+            plot_curves(self.out / "eval.jsonl", self.out / "eval.png")
+        return rows
 
     @torch.no_grad()
     def save_grid(self, n: int = 64) -> Path:

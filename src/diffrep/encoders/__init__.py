@@ -1,0 +1,187 @@
+"""Frozen feature encoders for metrics: a registry of named encoders plus any ``nn.Module``.
+
+An :class:`Encoder` maps ``uint8 N×C×H×W`` images to float32 features (and logits where
+the network has a classifier, for IS).  Its :class:`EncoderSpec` declares everything that
+changes the features — input size, resize mode, normalisation, output layer and a
+SHA-256 of the weights — and is recorded with every result and keys the feature cache.
+
+Registry: ``inception`` (FID Inception-v3, pool3), ``dinov2-{s,b,l}14`` (CLS token),
+``clip`` (open_clip ViT-L/14 image embedding, optional extra), ``reference`` (diffrep's
+embedded-data CNN), ``pixels`` (raw pixels, flattened).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from diffrep.encoders.resize import RESIZE_MODES, resize
+from diffrep.errors import DiffrepError
+
+# (mean, std) applied to images in [0, 1]
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "[0,1]": ((0.0,), (1.0,)),
+    "[-1,1]": ((0.5,), (0.5,)),
+    "centred": ((0.5,), (1.0,)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder computes; two encoders with equal specs give equal features."""
+
+    name: str
+    input_size: int | None        # square input side; None: the images' own size
+    resize: str                   # one of RESIZE_MODES
+    normalization: str            # key of NORMALIZATIONS
+    layer: str                    # which output the features are
+    weights_sha256: str           # of the state dict (names, shapes, dtypes, values)
+    channels: int | None = 3      # channels the net takes (grey images are repeated); None: any
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """SHA-256 over a module's state dict in key order: the same weights hash the same from any file format."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Encoded:
+    """Features (``N×D`` float32) and, for classifier encoders, logits."""
+
+    features: torch.Tensor
+    logits: torch.Tensor | None = None
+
+
+class Encoder(nn.Module):
+    """uint8 images → :class:`Encoded`: scale to [0, 1], match channels, resize, normalise, run ``net``.
+
+    ``net`` maps normalised float images to features or to ``(features, logits)``.
+    """
+
+    def __init__(self, spec: EncoderSpec, net: nn.Module):
+        super().__init__()
+        if spec.resize not in RESIZE_MODES:
+            raise DiffrepError(f"unknown resize mode {spec.resize!r}: choose one of {', '.join(RESIZE_MODES)}")
+        if spec.normalization not in NORMALIZATIONS:
+            raise DiffrepError(f"unknown normalization {spec.normalization!r}: choose one of {', '.join(NORMALIZATIONS)}")
+        self.spec = spec
+        self.net = net.eval().requires_grad_(False)
+        mean, std = NORMALIZATIONS[spec.normalization]
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def _match_channels(self, x: torch.Tensor) -> torch.Tensor:
+        want, have = self.spec.channels, x.shape[1]
+        if want is None or want == have:
+            return x
+        if have == 1:
+            return x.expand(-1, want, -1, -1)
+        raise DiffrepError(f"the {self.spec.name} encoder takes {want}-channel images, got {have} channels")
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> Encoded:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise DiffrepError(f"encoders take uint8 N×C×H×W images, got {images.dtype} of shape {tuple(images.shape)}")
+        x = self._match_channels(images.float() / 255.0)
+        x = (resize(x, self.spec.input_size, self.spec.resize) - self.mean) / self.std
+        out = self.net(x)
+        features, logits = out if isinstance(out, tuple) else (out, None)
+        features = features.float().flatten(1)
+        return Encoded(features, None if logits is None else logits.float())
+
+
+class _Flatten(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class _ReferenceFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.cnn = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.cnn.embed(x)
+        return features, self.cnn.head(features)
+
+
+def _inception(weights: str | None, resize_mode: str | None) -> Encoder:
+    from diffrep.encoders.inception import load_fid_inception
+
+    net = load_fid_inception(weights)
+    return Encoder(EncoderSpec("inception", 299, resize_mode or "clean", "[-1,1]", "pool3", state_dict_sha256(net)), net)
+
+
+def _dinov2(name: str) -> Callable[[str | None, str | None], Encoder]:
+    def build(weights: str | None, resize_mode: str | None) -> Encoder:
+        from diffrep.encoders.dinov2 import load_dinov2
+
+        net = load_dinov2(name, weights)
+        spec = EncoderSpec(name, 224, resize_mode or "bicubic", "imagenet", "cls", state_dict_sha256(net))
+        return Encoder(spec, net)
+    return build
+
+
+def _clip(weights: str | None, resize_mode: str | None) -> Encoder:
+    from diffrep.encoders.clip import load_clip_image_tower
+
+    net = load_clip_image_tower(weights)
+    return Encoder(EncoderSpec("clip", 224, resize_mode or "bicubic", "clip", "image_embeds", state_dict_sha256(net)),
+                   net)
+
+
+def _reference(weights: str | None, resize_mode: str | None) -> Encoder:
+    from diffrep.reference import load_reference
+
+    net = _ReferenceFeatures(load_reference("mnist5k", weights))
+    return Encoder(EncoderSpec("reference", None, resize_mode or "none", "centred", "fc128", state_dict_sha256(net),
+                               channels=None), net)
+
+
+def _pixels(weights: str | None, resize_mode: str | None) -> Encoder:
+    if weights:
+        raise DiffrepError("the pixels encoder has no weights: drop --encoder-weights")
+    return Encoder(EncoderSpec("pixels", None, resize_mode or "none", "[0,1]", "flat", "none", channels=None), _Flatten())
+
+
+ENCODERS: dict[str, Callable[[str | None, str | None], Encoder]] = {
+    "inception": _inception,
+    "dinov2-s14": _dinov2("dinov2-s14"),
+    "dinov2-b14": _dinov2("dinov2-b14"),
+    "dinov2-l14": _dinov2("dinov2-l14"),
+    "clip": _clip,
+    "reference": _reference,
+    "pixels": _pixels,
+}
+
+
+def get_encoder(name: str, weights: str | Path | None = None, resize_mode: str | None = None) -> Encoder:
+    """A registered encoder; ``weights`` is a local file (default: the official download), ``resize_mode`` overrides."""
+    if name not in ENCODERS:
+        raise DiffrepError(f"unknown encoder {name!r}: choose from {', '.join(ENCODERS)}")
+    if resize_mode is not None and resize_mode not in RESIZE_MODES:
+        raise DiffrepError(f"unknown resize mode {resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+    return ENCODERS[name](None if weights is None else str(weights), resize_mode)
+
+
+def encoder_from_module(module: nn.Module, name: str, *, input_size: int | None = None, resize_mode: str = "bicubic",
+                        normalization: str = "imagenet", layer: str = "output", channels: int | None = 3) -> Encoder:
+    """Wrap any ``nn.Module`` (normalised float images → features or ``(features, logits)``) as an encoder."""
+    spec = EncoderSpec(name, input_size, resize_mode, normalization, layer, state_dict_sha256(module), channels)
+    return Encoder(spec, module)
+
