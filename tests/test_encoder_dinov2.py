@@ -130,7 +130,7 @@ def test_wrong_architecture_file(tmp_path):
         load_dinov2("dinov2-s14", path, config={**TINY, "depth": 3})
     with pytest.raises(DiffrepError, match="missing keys"):
         load_dinov2("dinov2-s14", path)  # the real ViT-S/14 has 12 blocks
-    shape_error = r"pos_embed has shape \(1, 17, 32\) but dinov2-s14 expects \(1, 10, 32\)"
+    shape_error = r"pos_embed has shape \(1, 17, 32\), expected \(1, 10, 32\)"
     with pytest.raises(DiffrepError, match=shape_error):
         load_dinov2("dinov2-s14", path, config={**TINY, "pretrain_grid": 3})
 

@@ -57,3 +57,18 @@ def test_null_label_is_its_own_embedding():
     emb = net.y_embedder
     assert torch.equal(emb(torch.tensor([NULL_LABEL]), 1), emb(None, 1))
     assert not torch.equal(emb(torch.tensor([0]), 1), emb(None, 1))
+
+
+@pytest.mark.parametrize("name", ["UNet-S", "DiT-T/4"])
+def test_activation_checkpointing_gives_the_same_gradients(name):
+    grads = []
+    for flag in (False, True):
+        torch.manual_seed(0)
+        net = build_net(name, 16, 1, 10, grad_checkpoint=flag).train()
+        for p in net.parameters():       # leave the zero-initialised output layers
+            p.data.add_(0.01 * torch.randn_like(p))
+        out, _ = net(torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)), torch.ones(2),
+                     torch.tensor([1, 2]))
+        out.square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

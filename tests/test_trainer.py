@@ -172,3 +172,34 @@ def test_eval_every_logs_a_curve_without_changing_the_trajectory(cli, tmp_path, 
     assert_bit_identical(weights(tmp_path / "plain"), weights(tmp_path / "eval"))
     code, _, err = cli("train", *SMOKE, "--eval-every", 10, "--eval-metrics", "fid", "--out", tmp_path / "bad")
     assert code == 2 and "--eval-metrics: unknown fid" in err
+
+
+def test_speed_options_train_to_the_same_weights(tmp_path):
+    """fused / foreach / for-loop AdamW and channels-last change kernels, not the update (float tolerance)."""
+    base = make_config(preset("smoke"), {"precision": "fp32", "steps": 6, "ckpt_every": 6})
+    runs = {}
+    for name, option in (("fused", {"adamw_impl": "fused"}), ("foreach", {}), ("loop", {"adamw_impl": "for-loop"}),
+                         ("nhwc", {"channels_last": True}), ("ckpt", {"grad_checkpoint": True})):
+        Trainer(make_config(vars(base), option), tmp_path / name, progress=False).run()
+        runs[name] = weights(tmp_path / name)
+    for name in ("foreach", "loop", "nhwc", "ckpt"):
+        for k in runs["fused"]:
+            torch.testing.assert_close(runs[name][k], runs["fused"][k], atol=1e-5, rtol=1e-4, msg=f"{name}: {k}")
+    with pytest.raises(DiffrepError, match="U-Net"):
+        Trainer(make_config(vars(base), {"model": "DiT-T/4", "channels_last": True}), tmp_path / "dit")
+
+
+def test_compile_falls_back_to_eager_when_compiling_fails(tmp_path, monkeypatch):
+    def broken_compile(module, **kw):
+        def fail(*a, **k):
+            raise RuntimeError("no C++ compiler (simulated)")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    base = make_config(preset("smoke"), {"precision": "fp32", "steps": 4, "ckpt_every": 4})
+    Trainer(base, tmp_path / "eager", progress=False).run()
+    trainer = Trainer(make_config(vars(base), {"compile": True}), tmp_path / "compiled", progress=False)
+    with pytest.warns(UserWarning, match="torch.compile failed .*simulated"):
+        trainer.run()
+    assert trainer.forward_net.failed
+    assert_bit_identical(weights(tmp_path / "eager"), weights(tmp_path / "compiled"))

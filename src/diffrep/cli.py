@@ -20,8 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     from diffrep.config import PRESETS
     from diffrep.encoders import ENCODERS
     from diffrep.encoders.resize import RESIZE_MODES
+    from diffrep.classifier import SCHEDULES
     from diffrep.evaluate import DEFAULT_METRICS, METRICS
     from diffrep.nets import MODELS
+    from diffrep.represent import POOLS
     from diffrep.processes import PROCESSES
     from diffrep.samplers import SAMPLERS
 
@@ -63,7 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float)
     t.add_argument("--ema-start", type=int, help="EMA copies the weights before this step")
     t.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast (default) or full fp32")
-    t.add_argument("--grad-checkpoint", action="store_true", default=None, help="activation checkpointing (DiT)")
+    t.add_argument("--grad-checkpoint", action="store_true", default=None,
+                   help="activation checkpointing per block: less memory, ~30%% more compute")
+    t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout")
+    t.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails)")
+    t.add_argument("--adamw-impl", choices=("fused", "foreach", "for-loop"), help="AdamW kernel (default foreach)")
+    t.add_argument("--plugin", dest="plugins", action="append", metavar="NAME[:OPT=VAL,…]",
+                   help="a training plug-in, repeatable: repa:encoder=reference,depth=2,weight=0.5 | sra "
+                        "(see `diffrep plugins`)")
     t.add_argument("--seed", type=int)
     t.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (and at the end, and on Ctrl-C)")
     t.add_argument("--keep-last", type=int, help="checkpoints to keep")
@@ -145,12 +155,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, help="write the rows (values, params, encoder specs) as JSON")
     e.add_argument("--no-progress", action="store_true")
 
-    f = sub.add_parser("features", help="encode images with a metric encoder into an .npz", formatter_class=fmt,
-                       epilog=_examples("diffrep features mnist5k:test --encoder reference --out ref_feats.npz",
+    f = sub.add_parser("features", help="features of images: a diffusion run's at (block, t), or a metric encoder's",
+                       formatter_class=fmt,
+                       description="SOURCE a run directory: the diffusion model's pooled hidden states of --data at "
+                                   "every (--blocks, --t) pair. Otherwise SOURCE is images (a folder, an .npz or a "
+                                   "built-in split) and --encoder encodes them.",
+                       epilog=_examples("diffrep features runs/qs --data mnist5k:test --blocks all --t 0.05,0.1,0.2,0.4 "
+                                        "--out feats.npz",
+                                        "diffrep features mnist5k:test --encoder reference --out ref_feats.npz",
                                         "torchrun --nproc-per-node 2 -m diffrep features gen.npz --encoder dinov2-s14 "
                                         "--encoder-weights dinov2-s14=vits14.pth --out f.npz"))
-    f.add_argument("images", help="a folder, an .npz, a run directory or a built-in split")
-    f.add_argument("--encoder", default="reference", choices=list(ENCODERS))
+    f.add_argument("source", help="a run directory, or images: a folder, an .npz or a built-in split")
+    f.add_argument("--data", default="mnist5k:test", help="run source: the images (a built-in split, folder or .npz)")
+    f.add_argument("--blocks", default="all", help="run source: 'all' or a comma list such as block3,block4")
+    f.add_argument("--t", default="0.05,0.1,0.2,0.4", help="run source: noise levels in the process's time (σ for edm)")
+    f.add_argument("--pool", choices=POOLS, default="mean", help="run source: mean over positions/tokens, or flatten")
+    f.add_argument("--resample-noise", action="store_true", help="run source: new ε at every t (default: one ε per image)")
+    f.add_argument("--l2-normalize", action="store_true", help="run source: unit-length feature vectors")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--encoder", choices=list(ENCODERS), help="images source: the metric encoder (default reference)")
     f.add_argument("--encoder-weights", metavar="PATH", help="local weights file (default: the official download)")
     f.add_argument("--resize", choices=RESIZE_MODES, help="override the encoder's resize mode")
     f.add_argument("--image-size", type=int)
@@ -162,7 +185,51 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", type=Path, required=True, help=".npz with 'features' (and 'logits'), plus the spec as JSON")
     f.add_argument("--no-progress", action="store_true")
 
+    pr = sub.add_parser("probe", help="linear and k-NN probes of a run's features at (block, t) and of other backbones",
+                        formatter_class=fmt,
+                        epilog=_examples("diffrep probe runs/qs --backbones diffusion,reference,pixels --out probe.json "
+                                         "--heatmap probe.png",
+                                         "diffrep probe runs/dit --blocks block2,block4,block6 --t 0.1,0.3"))
+    pr.add_argument("run", type=Path, help="run directory (needed for the diffusion backbone)")
+    pr.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"), help="train on its train split, test on test")
+    pr.add_argument("--backbones", default="diffusion,pixels", help="comma list: diffusion and/or encoder names")
+    pr.add_argument("--encoder-weights", action="append", default=[], metavar="NAME=PATH")
+    pr.add_argument("--blocks", default="all")
+    pr.add_argument("--t", default="0.05,0.1,0.2,0.4")
+    pr.add_argument("--pool", choices=POOLS, default="mean")
+    pr.add_argument("--resample-noise", action="store_true")
+    pr.add_argument("--l2-normalize", action="store_true")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--out", type=Path, help="JSON of every (backbone, block, t) row")
+    pr.add_argument("--heatmap", type=Path, help="PNG of accuracy over (block, t) (needs matplotlib)")
+    pr.add_argument("--no-progress", action="store_true")
+
+    c = sub.add_parser("classify", help="zero-shot Diffusion Classifier accuracy of a class-conditional run",
+                       formatter_class=fmt,
+                       epilog=_examples("diffrep classify runs/qs --data mnist5k --split test --limit 200",
+                                        "diffrep classify runs/qs --schedule racing --pairs 32 --out c.json",
+                                        "diffrep classify runs/qs --schedule adaptive --rounds 8:5,32:1"))
+    c.add_argument("run", type=Path)
+    c.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"))
+    c.add_argument("--split", default="test", choices=("train", "test"))
+    c.add_argument("--limit", type=int, help="classify this many class-balanced images of the split")
+    c.add_argument("--pairs", type=int, default=32, help="(t, ε) pairs per image on an even t grid")
+    c.add_argument("--schedule", choices=SCHEDULES, default="exhaustive")
+    c.add_argument("--rounds", help="adaptive: pairs:keep,… e.g. 8:5,32:1 (default pairs/10:classes/2,pairs:1)")
+    c.add_argument("--z", type=float, default=3.0, help="racing: drop a class z standard errors behind the best")
+    c.add_argument("--time-weights", choices=("uniform", "fitted"), default="uniform")
+    c.add_argument("--fit-images", type=int, default=100, help="labelled train images for fitted weights / racing order")
+    c.add_argument("--norm", choices=("l2", "l1"), default="l2")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=int, default=250, help="network inputs per forward (250: fastest on CPU here)")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--out", type=Path)
+
     sub.add_parser("presets", help="list the presets", epilog=_examples("diffrep presets"), formatter_class=fmt)
+    sub.add_parser("plugins", help="list the training plug-ins and their options", formatter_class=fmt,
+                   epilog=_examples("diffrep plugins",
+                                    "diffrep train --preset dit-tiny --plugin repa:depth=2,weight=0.5 --out runs/repa"))
 
     r = sub.add_parser("reference", help="train the reference encoder of a built-in dataset", formatter_class=fmt,
                        epilog=_examples("diffrep reference --data mnist5k --out src/diffrep/assets/reference-mnist5k.safetensors"))
@@ -175,7 +242,8 @@ def _parser() -> argparse.ArgumentParser:
 
 TRAIN_FLAGS = ("data", "image_size", "hflip", "class_conditional", "label_dropout", "model", "process", "prediction",
                "schedule", "time_sampling", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
-               "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "seed", "ckpt_every", "keep_last",
+               "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "channels_last", "compile", "adamw_impl",
+               "plugins", "seed", "ckpt_every", "keep_last",
                "log_every", "grid_every", "eval_every", "eval_samples", "eval_metrics", "eval_encoders")
 
 
@@ -363,6 +431,13 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise DiffrepError(f"{flag} {text!r}: expected comma-separated numbers such as 0.05,0.1,0.2") from None
+
+
 def cmd_features(a) -> int:
     import numpy as np
 
@@ -372,10 +447,12 @@ def cmd_features(a) -> int:
     from diffrep.features import extract_features
     from diffrep.io import save_npz
 
-    encoder = get_encoder(a.encoder, a.encoder_weights, a.resize)
-    images = load_eval_set(a.images, a.image_size)
+    if (Path(a.source) / "config.yaml").is_file() and a.encoder is None:
+        return _run_features(a)
+    encoder = get_encoder(a.encoder or "reference", a.encoder_weights, a.resize)
+    images = load_eval_set(a.source, a.image_size)
     if images.images is None:
-        raise DiffrepError(f"{a.images} holds statistics only, no images to encode")
+        raise DiffrepError(f"{a.source} holds statistics only, no images to encode")
     encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=a.precision,
                                device=_device(a.device), cache=_cache(a), progress=not a.no_progress)
     if distributed.current().is_main:
@@ -384,7 +461,76 @@ def cmd_features(a) -> int:
             arrays["logits"] = encoded.logits.numpy()
         spec = json.dumps({**encoder.spec.as_dict(), "precision": a.precision, "images": images.name})
         save_npz(a.out, spec=np.array(spec), **arrays)
-        print(f"{len(encoded.features)} × {encoded.features.shape[1]} {a.encoder} features → {a.out}")
+        print(f"{len(encoded.features)} × {encoded.features.shape[1]} {encoder.spec.name} features → {a.out}")
+    return 0
+
+
+def _run_features(a) -> int:
+    import numpy as np
+
+    from diffrep.evaluate import load_eval_set
+    from diffrep.io import save_npz
+    from diffrep.represent import diffusion_features, resolve_blocks
+    from diffrep.trainer import load_run
+
+    net, process, cfg, _ = load_run(a.source, "ema", a.device)
+    images = load_eval_set(a.data, a.image_size)
+    blocks = resolve_blocks(a.blocks, net.tap_names)
+    feats = diffusion_features(net, process, images.images, blocks=blocks, times=_floats(a.t, "--t"), pooling=a.pool,
+                               seed=a.seed, resample=a.resample_noise, normalize=a.l2_normalize,
+                               batch_size=a.batch_size, autocast=cfg.precision == "bf16", progress=not a.no_progress)
+    spec = json.dumps({"run": str(a.source), "data": images.name, "pool": a.pool, "seed": a.seed,
+                       "resample_noise": a.resample_noise, "l2_normalize": a.l2_normalize})
+    save_npz(a.out, spec=np.array(spec), **{f"{b}@t={t:g}": f.numpy() for (b, t), f in feats.items()})
+    print(f"{len(images.images)} images × {len(feats)} (block, t) feature sets → {a.out} (keys like '{blocks[0]}@t=…')")
+    return 0
+
+
+def cmd_probe(a) -> int:
+    from diffrep.io import atomic_write
+    from diffrep.probes import plot_heatmap, probe_backbones
+
+    rows = probe_backbones(a.run, data=a.data, backbones=a.backbones.split(","), blocks=a.blocks,
+                           times=_floats(a.t, "--t"), pooling=a.pool, seed=a.seed, resample=a.resample_noise,
+                           normalize=a.l2_normalize, encoder_weights=_encoder_weights(a.encoder_weights),
+                           device=a.device, progress=not a.no_progress)
+    best = {}
+    for r in rows:
+        if r["backbone"] not in best or r["linear"] > best[r["backbone"]]["linear"]:
+            best[r["backbone"]] = r
+    print(f"{'backbone':12s} {'best block':>10s} {'t':>6s} {'dim':>6s} {'linear':>8s} {'kNN':>8s}")
+    for name, r in best.items():
+        t = "—" if r["t"] is None else f"{r['t']:g}"
+        print(f"{name:12s} {r['block'] or '—':>10s} {t:>6s} {r['dim']:6d} {100 * r['linear']:7.2f}% {100 * r['knn']:7.2f}%")
+    if a.out:
+        with atomic_write(a.out, "w") as f:
+            json.dump({"command": "diffrep " + " ".join(sys.argv[1:]), "rows": rows}, f, indent=1)
+    if a.heatmap:
+        plot_heatmap(rows, a.heatmap)
+    return 0
+
+
+def _rounds(text: str | None) -> list[tuple[int, int]] | None:
+    if not text:
+        return None
+    try:
+        return [(int(p), int(k)) for p, k in (r.split(":") for r in text.split(","))]
+    except ValueError:
+        raise DiffrepError(f"--rounds {text!r}: expected pairs:keep,… such as 8:5,32:1") from None
+
+
+def cmd_classify(a) -> int:
+    from diffrep.classifier import classify_run
+    from diffrep.io import atomic_write
+
+    r = classify_run(a.run, data=a.data, split=a.split, limit=a.limit, pairs=a.pairs, schedule=a.schedule,
+                     time_weights=a.time_weights, fit_images=a.fit_images, rounds=_rounds(a.rounds), z=a.z,
+                     norm=a.norm, seed=a.seed, batch_size=a.batch_size, device=a.device)
+    print(f"{r['data']}: accuracy {100 * r['accuracy']:.2f}% on {r['n']} images, {r['calls_per_image']:.0f} network "
+          f"calls per image ({r['schedule']}; exhaustive {r['exhaustive_calls']}), {r['images_per_s']:.2f} images/s")
+    if a.out:
+        with atomic_write(a.out, "w") as f:
+            json.dump(r, f, indent=1)
     return 0
 
 
@@ -394,6 +540,13 @@ def cmd_presets(a) -> int:
     width = max(map(len, PRESETS))
     for name, (line, _) in PRESETS.items():
         print(f"{name:{width}s}  {line}")
+    return 0
+
+
+def cmd_plugins(a) -> int:
+    from diffrep.plugins import describe_plugins
+
+    print(describe_plugins())
     return 0
 
 
@@ -408,7 +561,8 @@ def cmd_reference(a) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "judge": cmd_judge, "eval": cmd_eval, "features": cmd_features,
-            "quickstart": cmd_quickstart, "presets": cmd_presets, "reference": cmd_reference}
+            "probe": cmd_probe, "classify": cmd_classify, "quickstart": cmd_quickstart, "presets": cmd_presets,
+            "plugins": cmd_plugins, "reference": cmd_reference}
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

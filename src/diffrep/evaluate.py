@@ -128,8 +128,8 @@ def _check_shapes(encoder: Encoder, sets: list[EvalSet]) -> None:
 def evaluate(gen: EvalSet, ref: EvalSet, *, metric_names: list[str], encoders: list[Encoder],
              train: EvalSet | None = None, batch_size: int = 100, dtype: str = "fp32", device: str = "cpu",
              cache: FeatureCache | None = None, cache_generated: bool = True, progress: bool = True,
-             reference_sqrtm: bool = False,
-             ref_stats: bool = True, k_pr: int = 3, k_dc: int = 5, kid_subset_size: int = 1000) -> list[dict] | None:
+             reference_sqrtm: bool = False, ref_stats: bool = True, k_pr: int = 3, k_dc: int = 5,
+             kid_subset_size: int = 1000) -> list[dict] | None:
     """One row per (encoder, metric): ``{"encoder", "metric", "values", "params", "encoder_spec", "seconds"}``.
 
     Under torchrun every rank encodes its share; rank 0 computes the metrics and returns the rows
@@ -172,7 +172,8 @@ def evaluate(gen: EvalSet, ref: EvalSet, *, metric_names: list[str], encoders: l
     return rows if distributed.current().is_main else None
 
 
-def load_encoders(names: list[str], weights: dict[str, str] | None = None, resize_mode: str | None = None) -> list[Encoder]:
+def load_encoders(names: list[str], weights: dict[str, str] | None = None,
+                  resize_mode: str | None = None) -> list[Encoder]:
     """Encoders by name; ``weights`` maps a name to a local weights file."""
     weights = weights or {}
     return [get_encoder(n, weights.get(n), resize_mode) for n in names]

@@ -15,6 +15,7 @@ import copy
 import json
 import signal
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from diffrep.data import BUILTIN, ImageSet, load_builtin, load_dataset, save_gri
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write
 from diffrep.loss import Batch, denoising_loss
-from diffrep.nets import NULL_LABEL, build_net
-from diffrep.plugins import Plugin
+from diffrep.nets import NULL_LABEL, UNet, build_net
+from diffrep.plugins import Plugin, build_plugins
 from diffrep.processes import make_process
 from diffrep.rng import keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
@@ -115,8 +116,43 @@ def ema_decay_at(cfg: TrainConfig, step: int) -> float:
 
 def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     c, h, _ = image_shape
-    return build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes,
-                     **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
+    net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes,
+                    **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
+    if cfg.channels_last:
+        if not isinstance(net, UNet):
+            raise DiffrepError("--channels-last is for the U-Net (a DiT has no convolutions after its patch embedding)")
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW with the chosen kernel: ``fused`` (one kernel for all tensors), ``foreach`` or ``for-loop``."""
+    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[cfg.adamw_impl]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, **impl)
+
+
+class CompiledOrEager(nn.Module):
+    """``torch.compile(module)``, or ``module`` itself once compiling has failed (warned once).
+
+    Compilation happens at the first call (and on new shapes); if the backend is missing or fails
+    (no C++ compiler, an unsupported op), training goes on in eager mode instead of stopping.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.compiled = torch.compile(module)
+        self.failed = False
+
+    def forward(self, *args, **kwargs):
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 — any compiler failure falls back to eager
+                self.failed = True
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "continuing without --compile", stacklevel=2)
+        return self.module(*args, **kwargs)
 
 
 class TrainingDiverged(DiffrepError):
@@ -134,7 +170,7 @@ class Trainer:
                                f"= {self.world.size} × {cfg.grad_accum}")
         self.cfg, self.out, self.progress = cfg, Path(out), progress and self.world.is_main
         self.device = pick_device(device)
-        self.plugins = nn.ModuleList(plugins or [])
+        self.plugins = nn.ModuleList(build_plugins(cfg.plugins) if plugins is None else plugins)
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
         self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
         self.process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
@@ -143,10 +179,11 @@ class Trainer:
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.train_net = self.net if self.world.size == 1 else nn.parallel.DistributedDataParallel(self.net)
         for p in self.plugins:
-            p.setup(self.net, self.ema)
+            p.setup(self.net, self.ema, self.process, self.data.shape)
         self.plugins.to(self.device)
         self.params = [p for p in list(self.net.parameters()) + list(self.plugins.parameters()) if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+        self.optimizer = make_optimizer(cfg, self.params)
+        self.forward_net = CompiledOrEager(self.train_net) if cfg.compile else self.train_net
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
         self.autocast = cfg.precision == "bf16"
         self.step = 0
@@ -219,7 +256,7 @@ class Trainer:
         batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr_at(cfg, step)
-        denoiser = self.process.denoiser(self.train_net, self.autocast)
+        denoiser = self.process.denoiser(self.forward_net, self.autocast)
         local = cfg.batch_size // self.world.size
         micro = local // cfg.grad_accum
         taps = tuple(sorted({t for p in self.plugins for t in p.taps}))

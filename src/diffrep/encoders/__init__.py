@@ -93,16 +93,29 @@ class Encoder(nn.Module):
             return x.expand(-1, want, -1, -1)
         raise DiffrepError(f"the {self.spec.name} encoder takes {want}-channel images, got {have} channels")
 
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> Encoded:
+    def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise DiffrepError(f"encoders take uint8 N×C×H×W images, got {images.dtype} of shape {tuple(images.shape)}")
         x = self._match_channels(images.float() / 255.0)
-        x = (resize(x, self.spec.input_size, self.spec.resize) - self.mean) / self.std
-        out = self.net(x)
+        return (resize(x, self.spec.input_size, self.spec.resize) - self.mean) / self.std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> Encoded:
+        out = self.net(self._preprocess(images))
         features, logits = out if isinstance(out, tuple) else (out, None)
         features = features.float().flatten(1)
         return Encoded(features, None if logits is None else logits.float())
+
+    @property
+    def has_tokens(self) -> bool:
+        return callable(getattr(self.net, "tokens", None))
+
+    @torch.no_grad()
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """A token grid ``N×L×D`` (L a square number) of ``uint8`` images, for alignment losses (REPA)."""
+        if not self.has_tokens:
+            raise DiffrepError(f"the {self.spec.name} encoder has no token grid: use reference or dinov2-*")
+        return self.net.tokens(self._preprocess(images)).float()
 
 
 class _Flatten(nn.Module):
@@ -118,6 +131,10 @@ class _ReferenceFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.cnn.embed(x)
         return features, self.cnn.head(features)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolution's map as tokens, ``N×(H/4·W/4)×128``."""
+        return self.cnn.body(x).flatten(2).transpose(1, 2)
 
 
 def _inception(weights: str | None, resize_mode: str | None) -> Encoder:

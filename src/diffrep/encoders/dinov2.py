@@ -12,15 +12,13 @@ Only the non-register models are covered: no ``register_tokens``, positional-emb
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from diffrep.encoders.weights import check_state_dict, read_state_dict
 from diffrep.errors import DiffrepError
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -154,11 +152,7 @@ class DinoV2ViT(nn.Module):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
         return torch.cat((pos[:, :1], patch_pos), dim=1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: float ``N×3×H×W``, resized and ImageNet-normalised, H and W multiples of the patch size.
-
-        Returns the LayerNorm-ed CLS token, ``N×embed_dim`` float32 (also under autocast).
-        """
+    def _blocks(self, x: Tensor) -> Tensor:
         height, width = x.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise ValueError(f"input {height}×{width} is not a multiple of the patch size {self.patch_size}")
@@ -168,8 +162,20 @@ class DinoV2ViT(nn.Module):
         tokens = tokens + pos.to(tokens.dtype)
         for block in self.blocks:
             tokens = block(tokens)
+        return tokens
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: float ``N×3×H×W``, resized and ImageNet-normalised, H and W multiples of the patch size.
+
+        Returns the LayerNorm-ed CLS token, ``N×embed_dim`` float32 (also under autocast).
+        """
         # LayerNorm acts per token, so normalising only the CLS token equals the official norm(x)[:, 0].
-        return self.norm(tokens[:, 0]).float()
+        return self.norm(self._blocks(x)[:, 0]).float()
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """The LayerNorm-ed patch tokens (the official ``x_norm_patchtokens``), ``N×(H/14·W/14)×embed_dim``:
+        what REPA aligns to."""
+        return self.norm(self._blocks(x)[:, 1:]).float()
 
 
 def _model_kwargs(name: str, config: dict | None) -> dict:
@@ -178,40 +184,6 @@ def _model_kwargs(name: str, config: dict | None) -> dict:
     if unknown:
         raise DiffrepError(f"unknown DINOv2 config keys {unknown}; allowed: {', '.join(_ARCH_KEYS)}")
     return {key: arch[key] for key in _ARCH_KEYS if key in arch}
-
-
-def _read_state_dict(name: str, weights: str | Path | None) -> tuple[dict[str, Tensor], str]:
-    """The state dict and a label naming where it came from (the URL or the file path)."""
-    if weights is None:
-        url = DINOV2_CONFIGS[name]["url"]
-        try:
-            return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, weights_only=True), url
-        except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
-            raise DiffrepError(f"cannot download {name} weights from {url} ({exc}); download the file elsewhere and "
-                               f"pass it with --encoder-weights PATH (weights=PATH in Python)") from None
-    path = Path(weights)
-    if not path.is_file():
-        raise DiffrepError(f"{name} weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(path), str(path)
-        return torch.load(path, map_location="cpu", weights_only=True), str(path)
-    except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
-        raise DiffrepError(f"cannot read {name} weights file {path}: {exc}") from None
-
-
-def _check_state_dict(state: object, expected: dict[str, Tensor], name: str, source: str) -> None:
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise DiffrepError(f"{source} is not a {name} weights file: expected a flat dict of tensors")
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    if missing or unexpected:
-        raise DiffrepError(f"{source} is not a {name} weights file: {len(missing)} missing keys {missing[:5]}, "
-                           f"{len(unexpected)} unexpected keys {unexpected[:5]}")
-    for key, param in expected.items():
-        if state[key].shape != param.shape:
-            raise DiffrepError(f"{source}: {key} has shape {tuple(state[key].shape)} but {name} expects "
-                               f"{tuple(param.shape)}")
 
 
 def load_dinov2(name: str, weights: str | Path | None = None, *, config: dict | None = None) -> DinoV2ViT:
@@ -227,8 +199,8 @@ def load_dinov2(name: str, weights: str | Path | None = None, *, config: dict | 
     kwargs = _model_kwargs(name, config)
     with torch.device("meta"):
         model = DinoV2ViT(**kwargs)
-    state, source = _read_state_dict(name, weights)
+    state, source = read_state_dict(weights, DINOV2_CONFIGS[name]["url"], name)
     expected = model.state_dict()
-    _check_state_dict(state, expected, name, source)
+    check_state_dict(state, expected, name, source)
     model.load_state_dict({key: state[key].to(torch.float32) for key in expected}, strict=True, assign=True)
     return model.eval()

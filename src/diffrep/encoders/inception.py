@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffrep.errors import DiffrepError
+from diffrep.encoders.weights import check_state_dict, read_state_dict
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -239,58 +239,10 @@ def load_fid_inception(weights: str | Path | None = None) -> FIDInceptionV3:
     dict must match the network exactly (``*.num_batches_tracked`` BatchNorm counters, which the official file
     lacks but a torchvision-style re-save may have, are ignored).
     """
-    if weights is None:
-        source, state = FID_WEIGHTS_URL, _download_official_weights()
-    else:
-        source, state = str(weights), _read_state_dict(Path(weights))
+    state, source = read_state_dict(weights, FID_WEIGHTS_URL, "FID Inception-v3")
+    if isinstance(state, dict):
+        state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
     net = FIDInceptionV3()
-    _check_state_dict(net, state, source)
+    check_state_dict(state, net.state_dict(), "FID Inception-v3", source)
     net.load_state_dict(state, strict=True)
     return net.eval()
-
-
-def _download_official_weights() -> dict[str, torch.Tensor]:
-    try:
-        return torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, progress=True, weights_only=True)
-    except Exception as err:  # offline, proxy, corrupt cache: same advice
-        reason = " ".join(str(err).split())
-        raise DiffrepError(f"could not fetch the FID Inception-v3 weights from {FID_WEIGHTS_URL} ({reason}): "
-                           "download that file and pass it with --encoder-weights PATH (weights=PATH)") from None
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise DiffrepError(f"FID Inception-v3 weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a state dict, pickled code
-        reason = " ".join(str(err).split())
-        raise DiffrepError(f"cannot read FID Inception-v3 weights file {path}: {reason}") from None
-    if not isinstance(state, dict):
-        raise DiffrepError(f"{path} is not an FID Inception-v3 weights file: it holds a {type(state).__name__}, "
-                           "not a state dict")
-    return state
-
-
-def _check_state_dict(net: FIDInceptionV3, state: dict[str, torch.Tensor], source: str) -> None:
-    """Raise :class:`DiffrepError` unless ``state`` has exactly ``net``'s keys and shapes.
-
-    Drops ``*.num_batches_tracked`` entries from ``state`` in place first.
-    """
-    for key in [k for k in state if k.endswith(".num_batches_tracked")]:
-        del state[key]
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        raise DiffrepError(f"{source} is not an FID Inception-v3 weights file: {len(missing)} missing keys "
-                           f"{missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            raise DiffrepError(f"{source} is not an FID Inception-v3 weights file: {key} has shape "
-                               f"{tuple(state[key].shape)}, expected {tuple(tensor.shape)}")

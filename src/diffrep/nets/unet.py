@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from diffrep.nets.common import LabelEmbedding, TimestepEmbedding, check_taps
+from diffrep.nets.common import LabelEmbedding, TimestepEmbedding, attention, check_taps
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -58,7 +59,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
@@ -89,9 +90,11 @@ class UNet(nn.Module):
         num_heads: int = 4,
         dropout: float = 0.0,
         num_classes: int = 10,
+        grad_checkpoint: bool = False,
     ):
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes
+        self.grad_checkpoint = grad_checkpoint
         emb_dim = 4 * channels
         self.t_embedder = TimestepEmbedding(emb_dim, freq_dim=channels)
         self.y_embedder = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
@@ -127,6 +130,11 @@ class UNet(nn.Module):
         self.tap_names = tuple(f"block{i}" for i in range(1, n_down + n_up + 2))
         self.middle_tap = f"block{n_down + 1}"
 
+    def _block(self, block: Block, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpoint and self.training:
+            return checkpoint(block, h, emb, use_reentrant=False)
+        return block(h, emb)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()):
         check_taps(taps, self.tap_names)
         emb = self.t_embedder(t)
@@ -145,18 +153,18 @@ class UNet(nn.Module):
         blocks = iter(self.down)
         for down in self.downsample:
             for _ in range(self.blocks_per_level):
-                h = next(blocks)(h, emb)
+                h = self._block(next(blocks), h, emb)
                 tap(h)
                 skips.append(h)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 skips.append(h)
-        h = self.mid[1](self.mid[0](h, emb), emb)
+        h = self._block(self.mid[1], self._block(self.mid[0], h, emb), emb)
         tap(h)
         blocks = iter(self.up)
         for up in self.upsample:
             for _ in range(self.blocks_per_level + 1):
-                h = next(blocks)(torch.cat([h, skips.pop()], dim=1), emb)
+                h = self._block(next(blocks), torch.cat([h, skips.pop()], dim=1), emb)
                 tap(h)
             h = up(h)
         return self.conv_out(F.silu(self.norm_out(h))), hidden

@@ -1,0 +1,53 @@
+"""Linear and k-NN probes on mnist5k: the diffusion model's features at every (block, t) vs other backbones.
+
+Trains on the 4,000-image train split and tests on the 1,000-image test split, one protocol for every
+backbone (linear: AdamW, 30 epochs, standardised features; k-NN: cosine, k = 20, τ = 0.07).  The
+diffusion features are the mean-pooled hidden states of the run's EMA net at each block and noise
+level t (pooled over a 4×4 grid of regions by default: ``--pool``), with the null label and one
+fixed ε per image.
+
+    python benchmarks/quickstart.py          # once, for the model
+    python benchmarks/probes.py [--run runs/bench/quickstart]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import table, write_result
+from diffrep.probes import plot_heatmap, probe_backbones
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, default=Path("runs/bench/quickstart"))
+    ap.add_argument("--t", default="0.02,0.05,0.1,0.2,0.4,0.7")
+    ap.add_argument("--backbones", default="diffusion,reference,pixels")
+    ap.add_argument("--pool", default="grid4")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    rows = probe_backbones(args.run, backbones=args.backbones.split(","), times=[float(t) for t in args.t.split(",")],
+                           pooling=args.pool, progress=False)
+    seconds = time.perf_counter() - start
+    best = {}
+    for r in rows:
+        for probe in ("linear", "knn"):
+            key = (r["backbone"], probe)
+            if key not in best or r[probe] > best[key][probe]:
+                best[key] = r
+    summary = [{"backbone": b, "probe": p, "accuracy": r[p], "block": r["block"], "t": r["t"], "dim": r["dim"]}
+               for (b, p), r in best.items()]
+    print(table(summary, ["backbone", "probe", "accuracy", "block", "t", "dim"]))
+    plot_heatmap(rows, RESULTS / "probes.png")
+    path = write_result("probes", {"run": str(args.run), "seconds": seconds, "best": summary, "rows": rows,
+                                   "pool": args.pool, "command": f"python benchmarks/probes.py --run {args.run} "
+                                                                 f"--t {args.t} --pool {args.pool}"})
+    print(f"{seconds:.0f}s → {path}, {RESULTS / 'probes.png'}")
+
+
+if __name__ == "__main__":
+    main()

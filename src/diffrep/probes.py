@@ -1,0 +1,146 @@
+"""Probes of frozen features: a linear probe and a k-NN classifier, over many feature sets at once.
+
+- **Linear**: one softmax-regression head per feature set (standardised with the train
+  split's mean and std), all trained together on the same shuffled mini-batches with AdamW and
+  a cosine learning rate (lr 1e-2, 50 epochs); accuracy on the test split.
+- **k-NN** (as in DINO, arXiv 2104.14294): cosine similarity, the ``k = 20`` nearest train
+  features vote with weight ``exp(sim / τ)``, ``τ = 0.07``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffrep.errors import DiffrepError
+
+
+@dataclass
+class ProbeSplit:
+    """Train and test features of one feature set, with labels."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    y_train: torch.Tensor
+    y_test: torch.Tensor
+
+
+def _standardise(split: ProbeSplit) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = split.train.mean(0), split.train.std(0).clamp_min(1e-6)
+    return (split.train - mean) / std, (split.test - mean) / std
+
+
+def linear_probe(splits: dict[object, ProbeSplit], *, epochs: int = 50, batch_size: int = 256, lr: float = 1e-2,
+                 weight_decay: float = 1e-4, seed: int = 0) -> dict[object, float]:
+    """Test accuracy of a linear head per feature set; all heads train in one loop on the same batches."""
+    if not splits:
+        raise DiffrepError("no feature sets to probe")
+    first = next(iter(splits.values()))
+    y, n = first.y_train, len(first.y_train)
+    if any(not torch.equal(s.y_train, y) or not torch.equal(s.y_test, first.y_test) for s in splits.values()):
+        raise DiffrepError("every feature set must be computed on the same train and test images")
+    classes = int(max(y.max(), first.y_test.max())) + 1
+    data = {k: _standardise(s) for k, s in splits.items()}
+    g = torch.Generator().manual_seed(seed)
+    heads = nn.ModuleDict({str(i): nn.Linear(data[k][0].shape[1], classes) for i, k in enumerate(splits)})
+    keys = {str(i): k for i, k in enumerate(splits)}
+    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(n / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=g).split(batch_size):
+            loss = sum(F.cross_entropy(head(data[keys[name]][0][idx]), y[idx]) for name, head in heads.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        return {keys[name]: float((head(data[keys[name]][1]).argmax(1) == first.y_test).float().mean())
+                for name, head in heads.items()}
+
+
+def knn_probe(split: ProbeSplit, *, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> float:
+    """Test accuracy of temperature-weighted cosine k-NN voting."""
+    if len(split.train) < k:
+        raise DiffrepError(f"k-NN with k={k} needs at least {k} train features, got {len(split.train)}")
+    train, test = F.normalize(split.train.float(), dim=1), F.normalize(split.test.float(), dim=1)
+    classes = int(max(split.y_train.max(), split.y_test.max())) + 1
+    correct = 0
+    for start in range(0, len(test), chunk):
+        sim, idx = (test[start:start + chunk] @ train.T).topk(k, dim=1)
+        votes = torch.zeros(len(sim), classes).scatter_add_(1, split.y_train[idx], (sim / temperature).exp())
+        correct += int((votes.argmax(1) == split.y_test[start:start + chunk]).sum())
+    return correct / len(test)
+
+
+def probe_backbones(run: str | Path, *, data: str = "mnist5k", backbones: list[str] = ("diffusion",),
+                    blocks: str = "all", times: list[float] = (0.05, 0.1, 0.2, 0.4), pooling: str = "mean",
+                    seed: int = 0, resample: bool = False, normalize: bool = False,
+                    encoder_weights: dict[str, str] | None = None, batch_size: int = 250, device: str = "auto",
+                    progress: bool = True) -> list[dict]:
+    """Linear and k-NN probes, one protocol, over the run's features at every (block, t) (``diffusion``) and
+    over registry encoders (``reference``, ``pixels``, ``dinov2-s14``, …), on a built-in dataset's split."""
+    from diffrep.data import BUILTIN, load_builtin
+    from diffrep.encoders import get_encoder
+    from diffrep.features import extract_features
+    from diffrep.represent import diffusion_features, resolve_blocks
+    from diffrep.trainer import load_run
+
+    if data not in BUILTIN:
+        raise DiffrepError(f"probes use a built-in dataset's fixed train/test split: --data {' or '.join(BUILTIN)}")
+    train, test = load_builtin(data, "train"), load_builtin(data, "test")
+    splits: dict[tuple, ProbeSplit] = {}
+    for backbone in backbones:
+        if backbone == "diffusion":
+            net, process, cfg, _ = load_run(run, "ema", device)
+            kw = dict(blocks=resolve_blocks(blocks, net.tap_names), times=list(times), pooling=pooling, seed=seed,
+                      resample=resample, normalize=normalize, batch_size=batch_size, autocast=cfg.precision == "bf16",
+                      progress=progress)
+            f_train, f_test = diffusion_features(net, process, train.images, **kw), \
+                diffusion_features(net, process, test.images, **kw)
+            for (block, t), f in f_train.items():
+                splits["diffusion", block, t] = ProbeSplit(f, f_test[block, t], train.labels, test.labels)
+        else:
+            encoder = get_encoder(backbone, (encoder_weights or {}).get(backbone))
+            f_train, f_test = (extract_features(encoder, s.images, progress=progress).features for s in (train, test))
+            splits[backbone, None, None] = ProbeSplit(f_train, f_test, train.labels, test.labels)
+    linear = linear_probe(splits, seed=seed)
+    return [{"backbone": k[0], "block": k[1], "t": k[2], "dim": s.train.shape[1], "linear": linear[k],
+             "knn": knn_probe(s)} for k, s in splits.items()]
+
+
+def plot_heatmap(rows: list[dict], png: str | Path) -> None:
+    """Accuracy of the diffusion features over (block, t), linear and k-NN side by side (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffrep.io import atomic_write
+
+    rows = [r for r in rows if r["backbone"] == "diffusion"]
+    blocks = list(dict.fromkeys(r["block"] for r in rows))
+    times = sorted({r["t"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 1.1 * len(times) * 2, 1 + 0.35 * len(blocks)), squeeze=False)
+    for ax, probe in zip(axes[0], ("linear", "knn")):
+        grid = torch.full((len(blocks), len(times)), float("nan"))
+        for r in rows:
+            grid[blocks.index(r["block"]), times.index(r["t"])] = 100 * r[probe]
+        im = ax.imshow(grid.numpy(), cmap="viridis", aspect="auto")
+        for r in rows:
+            ax.text(times.index(r["t"]), blocks.index(r["block"]), f"{100 * r[probe]:.1f}", ha="center",
+                    va="center", fontsize=7, color="w")
+        ax.set_xticks(range(len(times)), [f"{t:g}" for t in times])
+        ax.set_yticks(range(len(blocks)), blocks)
+        ax.set_xlabel("t")
+        ax.set_title(f"{probe} probe accuracy (%)", fontsize=9)
+        fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    with atomic_write(png) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)

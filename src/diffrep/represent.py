@@ -1,0 +1,83 @@
+"""Features of a trained diffusion model at (block, t), for probes (DDAE, arXiv 2303.09769;
+"Diffusion Models Beat GANs on Image Classification", arXiv 2307.08702).
+
+An image ``x0`` is noised to ``x_t = α_t·x0 + σ_t·ε`` and passed once through the net per
+``t`` with every requested block tapped; each tap is pooled to a vector (``mean`` over the
+spatial positions of a U-Net map or the tokens of a DiT, ``grid2``/``grid4`` over a coarse grid of
+regions, ``flatten`` keeps everything).
+Times are in the process's own units (σ for ``edm``).  The net sees the null label, so a
+class-conditional model is not told the answer.
+
+Noise: image ``i`` at time index ``j`` uses ε drawn from a generator keyed by
+``(seed, i)`` (``resample=False``: the same ε at every t) or ``(seed, i, j)``
+(``resample=True``), so the features do not depend on the batch size or on which
+other images are in the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from diffrep.data import to_model_range
+from diffrep.errors import DiffrepError
+from diffrep.nets import NULL_LABEL
+from diffrep.processes import Process
+from diffrep.rng import keyed_generator
+
+POOLS = ("mean", "grid2", "grid4", "flatten")
+
+
+def resolve_blocks(spec: str | list[str], tap_names: tuple[str, ...]) -> tuple[str, ...]:
+    """``all`` or a comma list (``block3,block5``) → validated tap names."""
+    names = list(tap_names) if spec == "all" else (spec.split(",") if isinstance(spec, str) else list(spec))
+    unknown = [b for b in names if b not in tap_names]
+    if unknown:
+        raise DiffrepError(f"unknown block(s) {', '.join(unknown)}: this net has {', '.join(tap_names)} (or 'all')")
+    return tuple(names)
+
+
+def pool(hidden: torch.Tensor, how: str) -> torch.Tensor:
+    """``N×C×H×W`` (U-Net) or ``N×L×D`` (DiT tokens on a square grid) → ``N×features``: ``mean`` over
+    positions, ``gridK`` averages over a K×K grid of regions (keeps coarse layout), ``flatten`` keeps all."""
+    if how not in POOLS:
+        raise DiffrepError(f"unknown pooling {how!r}: choose one of {', '.join(POOLS)}")
+    if hidden.ndim == 3:                               # DiT tokens → a C×H×W map
+        side = math.isqrt(hidden.shape[1])
+        hidden = hidden.transpose(1, 2).reshape(hidden.shape[0], hidden.shape[2], side, side)
+    if how == "flatten":
+        return hidden.flatten(1)
+    if how == "mean":
+        return hidden.mean(dim=(2, 3))
+    return F.adaptive_avg_pool2d(hidden, int(how.removeprefix("grid"))).flatten(1)
+
+
+def _noise(shape: tuple[int, ...], seed: int, first_index: int, t_index: int | None) -> torch.Tensor:
+    keys = [(seed, first_index + i) if t_index is None else (seed, first_index + i, t_index) for i in range(shape[0])]
+    return torch.stack([torch.randn(shape[1:], generator=keyed_generator(*k)) for k in keys])
+
+
+@torch.no_grad()
+def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Tensor, *, blocks: tuple[str, ...],
+                       times: list[float], pooling: str = "mean", seed: int = 0, resample: bool = False,
+                       normalize: bool = False, batch_size: int = 250, autocast: bool = True,
+                       progress: bool = True) -> dict[tuple[str, float], torch.Tensor]:
+    """``{(block, t): N×D float32 features}`` of ``uint8`` images; one forward per (batch, t) taps every block."""
+    device = next(net.parameters()).device
+    denoiser = process.denoiser(net, autocast)
+    out: dict[tuple[str, float], list[torch.Tensor]] = {(b, t): [] for b in blocks for t in times}
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="features", unit="batch", disable=not progress):
+        x0 = to_model_range(images[start:start + batch_size]).to(device)
+        cond = torch.full((len(x0),), NULL_LABEL, device=device) if getattr(net, "num_classes", 0) else None
+        for j, t in enumerate(times):
+            eps = _noise(tuple(x0.shape), seed, start, j if resample else None).to(device)
+            tt = torch.full((len(x0),), float(t), device=device)
+            _, hidden = denoiser.raw(process.corrupt(x0, tt, eps), tt, cond, blocks)
+            for b in blocks:
+                f = pool(hidden[b].float(), pooling)
+                out[b, t].append(F.normalize(f, dim=1) if normalize else f)
+    return {k: torch.cat(v).cpu() for k, v in out.items()}

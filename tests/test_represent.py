@@ -1,0 +1,135 @@
+"""Diffusion features at (block, t), probes, and the Diffusion Classifier's pairing and schedules."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import SMOKE
+from diffrep.classifier import PairErrors, classify, fit_time_weights, fit_temperature, probabilities
+from diffrep.errors import DiffrepError
+from diffrep.nets import build_net
+from diffrep.probes import ProbeSplit, knn_probe, linear_probe
+from diffrep.processes import make_process
+from diffrep.represent import diffusion_features, resolve_blocks
+
+
+def _images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, size, size), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("model", ["UNet-S", "DiT-T/4"])
+@pytest.mark.parametrize("resample", [False, True])
+def test_features_do_not_depend_on_batching(model, resample):
+    torch.manual_seed(0)
+    net = build_net(model, 16, 1, 10).eval()
+    images = _images(7, 16)
+    kw = dict(blocks=resolve_blocks("all", net.tap_names)[:3], times=[0.1, 0.5], seed=3, resample=resample,
+              autocast=False, progress=False)
+    one = diffusion_features(net, make_process("flow"), images, batch_size=7, **kw)
+    many = diffusion_features(net, make_process("flow"), images, batch_size=3, **kw)
+    assert one.keys() == many.keys() and len(one) == 6
+    for k in one:
+        torch.testing.assert_close(one[k], many[k], rtol=1e-5, atol=1e-6)
+    with pytest.raises(DiffrepError, match="unknown block"):
+        resolve_blocks("block99", net.tap_names)
+
+
+def _split(train: torch.Tensor, test: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor) -> ProbeSplit:
+    return ProbeSplit(train, test, y_train, y_test)
+
+
+def test_probes_separate_separable_features_and_not_random_labels():
+    g = torch.Generator().manual_seed(0)
+    y_train, y_test = torch.arange(600) % 3, torch.arange(300) % 3
+    centres = 4 * torch.randn(3, 16, generator=g)
+    sep = _split(centres[y_train] + torch.randn(600, 16, generator=g), centres[y_test] + torch.randn(300, 16, generator=g),
+                 y_train, y_test)
+    noise = _split(torch.randn(600, 16, generator=g), torch.randn(300, 16, generator=g), y_train, y_test)
+    acc = linear_probe({"sep": sep, "noise": noise})
+    assert acc["sep"] > 0.98 and abs(acc["noise"] - 1 / 3) < 0.1
+    assert knn_probe(sep) > 0.98 and abs(knn_probe(noise) - 1 / 3) < 0.1
+
+
+def _synthetic_pair_errors(n: int, classes: int, pairs: int, margin: float, seed: int = 0) -> tuple[PairErrors, torch.Tensor]:
+    """Pair errors set directly: the true class is ``margin`` better on average, with noise."""
+    net = build_net("UNet-S", 8, 1, classes)
+    pe = PairErrors(net, make_process("flow"), _images(n), classes, pairs=pairs, autocast=False)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % classes
+    errors = 1.0 + 0.1 * torch.randn(n, classes, pairs, generator=g)
+    errors[torch.arange(n), labels] -= margin
+    pe.errors = errors
+    return pe, labels
+
+
+@pytest.mark.parametrize("schedule", ["adaptive", "racing"])
+def test_schedules_never_drop_a_true_class_with_a_large_margin(schedule):
+    pe, labels = _synthetic_pair_errors(40, 10, 20, margin=0.5)
+    result = classify(pe, schedule=schedule, rounds=[(2, 3), (20, 1)], round_size=2)
+    assert torch.equal(result.predictions, labels)
+    assert result.calls.float().mean() < 0.4 * 20 * 10, "early rounds drop the clearly wrong classes"
+    pe.new_schedule()
+    exhaustive = classify(pe, schedule="exhaustive")
+    assert torch.equal(exhaustive.predictions, labels) and int(exhaustive.calls[0]) == 200
+
+
+def test_pairs_are_shared_across_classes():
+    """Every class of an image is scored on the same noisy input x_t (same t, same ε)."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, t, cond, taps=()):
+            seen.append((x.clone(), t.clone(), cond.clone()))
+            return x * self.w, {}
+
+    pe = PairErrors(Spy(), make_process("flow"), _images(2), 3, pairs=4, autocast=False)
+    classify(pe, schedule="exhaustive")
+    x = torch.cat([s[0] for s in seen])
+    cond = torch.cat([s[2] for s in seen])
+    assert len(x) == 2 * 3 * 4
+    by_input = {}
+    for xi, c in zip(x, cond):
+        by_input.setdefault(xi.numpy().tobytes(), set()).add(int(c))
+    assert len(by_input) == 2 * 4 and all(classes == {0, 1, 2} for classes in by_input.values())
+
+
+def test_fitted_time_weights_favour_informative_times_and_temperature_calibrates():
+    pe, labels = _synthetic_pair_errors(30, 5, 8, margin=0.0)
+    pe.errors[torch.arange(30), labels, 2:4] -= 0.5          # only pairs 2 and 3 carry the class
+    w = fit_time_weights(pe, labels)
+    assert w[2:4].sum() > 0.9
+    scores = pe.errors.mean(-1)
+    tau = fit_temperature(scores, labels)
+    p = probabilities(scores, tau)
+    assert torch.allclose(p.sum(1), torch.ones(30)) and 0 < tau < 100
+
+
+def test_probe_classify_and_features_commands(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *SMOKE, "--steps", 4, "--out", run)[0] == 0
+    code, out, err = cli("classify", run, "--data", "digits", "--limit", 10, "--pairs", 3, "--out", tmp_path / "c.json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["n"] == 10 and result["calls_per_image"] == 30 and 0 <= result["accuracy"] <= 1
+    code, out, err = cli("probe", run, "--data", "digits", "--backbones", "diffusion,pixels", "--t", "0.1,0.5",
+                         "--no-progress", "--out", tmp_path / "p.json", "--heatmap", tmp_path / "p.png")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert {r["backbone"] for r in rows} == {"diffusion", "pixels"} and (tmp_path / "p.png").stat().st_size > 1000
+    assert "pixels" in out
+    code, out, err = cli("features", run, "--data", "digits:test", "--blocks", "block1,block2", "--t", "0.2",
+                         "--no-progress", "--out", tmp_path / "f.npz")
+    assert code == 0, err
+    import numpy as np
+
+    with np.load(tmp_path / "f.npz") as f:
+        assert {"block1@t=0.2", "block2@t=0.2"} <= set(f.keys())
+    code, _, err = cli("features", run, "--blocks", "block99", "--out", tmp_path / "g.npz")
+    assert code == 2 and "unknown block" in err
