@@ -1,9 +1,9 @@
-"""FD between two 50,000×2,048 feature sets: diffrep's float64 factor/SVD path vs the scipy ``sqrtm`` path.
+"""FD between two 50,000×2,048 feature sets: diffrep's float64 Cholesky/eigvalsh path vs the scipy ``sqrtm`` path.
 
 The scipy path is pytorch-fid's ``calculate_frechet_distance`` recipe: ``np.mean``/``np.cov`` of the
 features, then ``scipy.linalg.sqrtm(Σ1·Σ2)`` and its real part.  diffrep computes the same
-statistics with a float64 matmul in torch and ``tr √(Σ1Σ2)`` as the sum of the singular values of
-``L1ᵀ·L2`` (Cholesky factors).
+statistics with float64 matmuls in torch (only the blocks on and above the diagonal of the symmetric
+covariance) and ``tr √(Σ1Σ2)`` from the eigenvalues of ``Lᵀ·Σ2·L`` (``Σ1 = L·Lᵀ``, Cholesky).
 Both stages are timed separately and end to end, in the same process on the same features.
 
     python benchmarks/fd_speed.py [--n 50000] [--dim 2048]

@@ -6,8 +6,8 @@ class-balanced samples (Euler, 50 steps, no CFG), judged by the reference encode
 per step comes from training time alone.  "Steps to the baseline's final FD_ref" interpolates
 each arm's curve linearly between milestones.
 
-    python benchmarks/plugins.py --steps 600 --milestones 200,400,600
-    python benchmarks/plugins.py --arms baseline,repa:depth=2,sra --steps 3400 --milestones 1000,2000,3400
+    python benchmarks/plugins.py --milestones 200,400,600
+    python benchmarks/plugins.py --arms baseline,repa:depth=2,sra --milestones 1000,2000,3400
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffrep.encoders import Encoder, encoder_from_module, get_encoder, state_dict_sha256
+from diffrep.encoders import encoder_from_module, get_encoder, state_dict_sha256
 from diffrep.encoders.resize import resize
 from diffrep.errors import DiffrepError
 from diffrep.evaluate import EvalSet, evaluate, load_eval_set

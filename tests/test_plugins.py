@@ -20,7 +20,7 @@ from test_trainer import assert_bit_identical, weights
 def test_options_and_their_errors():
     name, options = parse_plugin("repa:encoder=reference,depth=3,weight=0.25")
     assert name == "repa" and options.depth == 3 and options.weight == 0.25
-    with pytest.raises(DiffrepError, match="unknown plug-in 'rep'.*repa, sra"):
+    with pytest.raises(DiffrepError, match="unknown plug-in 'rep'.*repa, sra, cep"):
         parse_plugin("rep")
     with pytest.raises(DiffrepError, match="unknown option 'dept=3'.*depth=2"):
         parse_plugin("repa:dept=3")
@@ -88,3 +88,33 @@ def test_two_plugins_train_together_resume_exactly_and_stay_out_of_the_export(cl
 def test_plugins_command_lists_options(cli):
     code, out, _ = cli("plugins")
     assert code == 0 and "repa:" in out and "depth=2" in out and "time_gap=0.2" in out
+
+
+def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli, tmp_path):
+    from diffrep.loss import Batch
+    from diffrep.plugins import CEP, CepOptions
+
+    net = build_net("UNet-S", 8, 1, 10)
+    with torch.no_grad():                   # leave the zero-initialised layers, so the embedding shows
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cep = CEP(CepOptions(gamma=1.0))
+    cep.setup(net, None, None, (1, 8, 8))
+    x, t, y = torch.randn(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])
+
+    def hidden() -> torch.Tensor:
+        return net(x, t, y)[0]
+
+    clean = hidden()
+    batch = Batch(x, y, t, torch.zeros_like(x))
+    cep.transform_batch(batch, 0, torch.Generator().manual_seed(0))
+    net.eval()
+    assert torch.equal(hidden(), clean), "never in eval mode"
+    net.train()
+    assert not torch.equal(hidden(), clean), "training forward perturbed"
+    assert torch.equal(hidden(), clean), "one draw per micro-batch, then clean"
+    spec = ["--plugin", "cep:gamma=0.5"]
+    assert cli("train", *SMOKE, *spec, "--steps", 10, "--ckpt-every", 5, "--out", tmp_path / "full")[0] == 0
+    assert cli("train", *SMOKE, *spec, "--steps", 5, "--ckpt-every", 5, "--out", tmp_path / "part")[0] == 0
+    assert cli("train", "--steps", 10, "--resume", "--no-progress", "--out", tmp_path / "part")[0] == 0
+    assert_bit_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))

@@ -31,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="diffrep", formatter_class=fmt,
                                 description="One diffusion model as generator and representation learner.",
                                 epilog=_examples("diffrep quickstart", "diffrep train --preset quickstart --out runs/qs",
-                                                 "diffrep sample runs/qs --n 1000 --out samples.npz", "diffrep judge samples.npz"))
+                                                 "diffrep sample runs/qs --n 1000 --out samples.npz", "diffrep judge samples.npz",
+                                                 "diffrep eval samples.npz mnist5k:test --metrics fd,kid,prdc",
+                                                 "diffrep probe runs/qs --backbones diffusion,pixels",
+                                                 "diffrep classify runs/qs --schedule racing --limit 200"))
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser("train", help="train a diffusion model", formatter_class=fmt,

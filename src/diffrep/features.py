@@ -114,7 +114,7 @@ def extract_features(encoder: Encoder, images: torch.Tensor, *, batch_size: int 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     world = distributed.current()
-    key = cache_key(images, encoder, dtype)
+    key = cache_key(images, encoder, dtype) if cache is not None else None
     hit = cache.load(key) if cache is not None and world.is_main else None
     if distributed.broadcast_from_main(hit is not None):     # every rank must agree whether to compute
         return hit if world.is_main else None

@@ -223,9 +223,60 @@ class SRA(Plugin):
         return {"align": self.options.weight * schedule_factor(self.options.schedule, step) * (1 - cos)}
 
 
+# ---------------------------------------------------------------- CEP
+
+@dataclass
+class CepOptions:
+    gamma: float = 1.0              # δ's scale is γ/√d
+    noise: str = "uniform"          # uniform: δ ~ U(−γ/√d, γ/√d); gaussian: δ ~ N(0, (γ/√d)²)
+    schedule: str = "constant"
+
+
+class CEP(Plugin):
+    """CEP — condition embedding perturbation, "slight corruption" (Ning et al., arXiv 2405.20494).
+
+    During the student's training forward passes a small random δ is added to the class
+    embedding (a forward hook on the net's label embedding; the EMA net, sampling and
+    evaluation never see it).  δ is drawn from the step's plug-in generator, so a resume stays
+    exact.  It adds no loss term.
+    """
+
+    name = "cep"
+
+    def __init__(self, options: CepOptions):
+        super().__init__()
+        if options.noise not in ("uniform", "gaussian"):
+            raise DiffrepError(f"cep: noise={options.noise!r}: choose uniform or gaussian")
+        self.options = options
+        self._generator: torch.Generator | None = None
+        self._step = 0
+
+    def setup(self, net, ema, process, image_shape) -> None:
+        if getattr(net, "y_embedder", None) is None:
+            raise DiffrepError("cep perturbs the class embedding: it needs a class-conditional model")
+        net.y_embedder.register_forward_hook(self._perturb)
+
+    def transform_batch(self, batch, step, generator):
+        self._generator, self._step = generator, step
+        return batch
+
+    def _perturb(self, module: nn.Module, inputs, embedding: torch.Tensor) -> torch.Tensor:
+        if not module.training or self._generator is None:
+            return embedding
+        scale = self.options.gamma / math.sqrt(embedding.shape[-1]) * schedule_factor(self.options.schedule,
+                                                                                        self._step)
+        if self.options.noise == "uniform":
+            delta = 2 * torch.rand(embedding.shape, generator=self._generator) - 1
+        else:
+            delta = torch.randn(embedding.shape, generator=self._generator)
+        self._generator = None                     # one draw per micro-batch
+        return embedding + scale * delta.to(embedding)
+
+
 # ---------------------------------------------------------------- registry
 
-PLUGINS: dict[str, tuple[type[Plugin], type]] = {"repa": (REPA, RepaOptions), "sra": (SRA, SraOptions)}
+PLUGINS: dict[str, tuple[type[Plugin], type]] = {"repa": (REPA, RepaOptions), "sra": (SRA, SraOptions),
+                                                 "cep": (CEP, CepOptions)}
 
 
 def parse_plugin(spec: str) -> tuple[str, object]:

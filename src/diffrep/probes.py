@@ -116,7 +116,10 @@ def probe_backbones(run: str | Path, *, data: str = "mnist5k", backbones: list[s
 
 def plot_heatmap(rows: list[dict], png: str | Path) -> None:
     """Accuracy of the diffusion features over (block, t), linear and k-NN side by side (needs matplotlib)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise DiffrepError("--heatmap needs matplotlib: pip install 'diffrep[plot]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

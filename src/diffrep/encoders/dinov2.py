@@ -11,7 +11,6 @@ Only the non-register models are covered: no ``register_tokens``, positional-emb
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
