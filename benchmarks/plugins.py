@@ -83,9 +83,10 @@ def main() -> None:
     p.add_argument("--milestones", default="200,400,600")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--out", type=Path, default=Path("runs/bench/plugins"))
+    p.add_argument("--name", default="plugins", help="result name: results/<name>.json and .png")
     a = p.parse_args()
     milestones = [int(s) for s in a.milestones.split(",")]
-    arms = [run_arm(arm.replace("+", ","), a.preset, milestones, a.n, a.out) for arm in a.arms.split(",")]
+    arms = [run_arm(arm.replace("+", ","), a.preset, milestones, a.n, a.out / a.name) for arm in a.arms.split(",")]
     base = arms[0]
     target = base["curve"][-1]["fd_ref"]
     rows = []
@@ -99,11 +100,11 @@ def main() -> None:
                      "overhead": arm["seconds_per_step"] / base["seconds_per_step"] - 1})
     print(table(rows, ["arm", "final_fd_ref", "final_accuracy", "steps_to_baseline_final",
                        "fraction_of_baseline_steps", "sec_per_step", "overhead"]))
-    plot(arms, RESULTS / "plugins.png")
-    path = write_result("plugins", {"preset": a.preset, "milestones": milestones, "n_samples": a.n,
+    plot(arms, RESULTS / f"{a.name}.png")
+    path = write_result(a.name, {"preset": a.preset, "milestones": milestones, "n_samples": a.n,
                                     "sampler": "euler, 50 steps, no CFG", "summary": rows, "arms": arms,
                                     "command": "python " + " ".join(sys.argv)})
-    print(f"→ {path}, {RESULTS / 'plugins.png'}")
+    print(f"→ {path}, {RESULTS / f'{a.name}.png'}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -61,16 +61,14 @@ class PairErrors:
     """Per-(image, class, pair) denoising errors, computed lazily and cached, in batched forwards."""
 
     def __init__(self, net: torch.nn.Module, process: Process, images: torch.Tensor, num_classes: int, *,
-                 pairs: int, seed: int = 0, norm: str = "l2", first_index: int = 0, autocast: bool = True,
-                 max_batch: int = 250):
+                 pairs: int, seed: int = 0, norm: str = "l2", autocast: bool = True, max_batch: int = 250):
         if norm not in NORMS:
             raise DiffrepError(f"unknown error norm {norm!r}: choose one of {', '.join(NORMS)}")
-        self.net, self.process, self.norm, self.max_batch = net, process, norm, max_batch
+        self.process, self.norm, self.max_batch, self.seed = process, norm, max_batch, seed
         self.device = next(net.parameters()).device
         self.denoiser = process.denoiser(net, autocast)
         self.x0 = to_model_range(images).to(self.device)
         self.times = pair_times(process, pairs)
-        self.num_classes, self.seed, self.first_index = num_classes, seed, first_index
         self.errors = torch.full((len(images), num_classes, pairs), float("nan"))
         self.requested = torch.zeros(self.errors.shape, dtype=torch.bool)
 
@@ -89,7 +87,7 @@ class PairErrors:
         self.requested.zero_()
 
     def _noise(self, i: int, j: int) -> torch.Tensor:
-        return torch.randn(self.x0.shape[1:], generator=keyed_generator(self.seed, self.first_index + i, j))
+        return torch.randn(self.x0.shape[1:], generator=keyed_generator(self.seed, i, j))
 
     @torch.no_grad()
     def fill(self, requests: list[tuple[int, int, int]]) -> None:
@@ -119,7 +117,6 @@ class Classification:
     scores: torch.Tensor
     calls: torch.Tensor
     schedule: str
-    details: dict = field(default_factory=dict)
 
 
 def _weighted_mean(errors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
