@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -43,3 +45,18 @@ def table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def figure(png: Path, size: tuple[float, float] = (5.5, 3.6)) -> Iterator:
+    """A matplotlib ``Axes`` to draw on; the figure is saved to ``png`` when the block ends."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    yield ax
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

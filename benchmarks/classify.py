@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from _common import table, write_result
+from _common import figure, table, write_result
 from diffrep.classifier import PairErrors, classify, fit_temperature, fit_time_weights, probabilities
 from diffrep.data import balanced_subset, load_builtin
 from diffrep.trainer import load_run
@@ -126,24 +126,16 @@ def main() -> None:
 
 
 def plot(rows: list[dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     curve = [r for r in rows if r["schedule"].startswith("exhaustive") and "weights" not in r["schedule"]]
-    ax.plot([r["calls"] for r in curve], [100 * r["accuracy"] for r in curve], "o-", label="exhaustive")
-    for r in rows:
-        if r not in curve:
-            ax.plot(r["calls"], 100 * r["accuracy"], "s", label=r["schedule"])
-    ax.set_xscale("log")
-    ax.set_xlabel("network calls per image")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    with figure(png) as ax:
+        ax.plot([r["calls"] for r in curve], [100 * r["accuracy"] for r in curve], "o-", label="exhaustive")
+        for r in rows:
+            if r not in curve:
+                ax.plot(r["calls"], 100 * r["accuracy"], "s", label=r["schedule"])
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls per image")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7)
 
 
 if __name__ == "__main__":

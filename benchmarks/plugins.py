@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import table, write_result
+from _common import figure, table, write_result
 from quality import judge_run
 
 from diffrep.config import make_config, preset
@@ -58,21 +58,13 @@ def run_arm(arm: str, preset_name: str, milestones: list[int], n: int, root: Pat
 
 
 def plot(arms: list[dict], png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for arm in arms:
-        ax.plot([r["step"] for r in arm["curve"]], [r["fd_ref"] for r in arm["curve"]], "o-", label=arm["arm"])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("FD_ref (lower is better)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    with figure(png) as ax:
+        for arm in arms:
+            ax.plot([r["step"] for r in arm["curve"]], [r["fd_ref"] for r in arm["curve"]], "o-", label=arm["arm"])
+        ax.set_xlabel("training step")
+        ax.set_ylabel("FD_ref (lower is better)")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
 
 
 def main() -> None:
