@@ -4,19 +4,29 @@ Every arm trains the same preset (default ``dit-tiny``, DiT-T/4 on mnist5k) with
 step budget; only ``--plugin`` differs.  At each milestone the EMA model draws ``--n``
 class-balanced samples (Euler, 50 steps, no CFG), judged by the reference encoder.  Wall-clock
 per step comes from training time alone.  "Steps to the baseline's final FD_ref" interpolates
-each arm's curve linearly between milestones.
+each arm's curve linearly between milestones.  ``--jobs N`` trains N arms at once in separate
+processes (for a GPU, where these small nets leave it mostly idle; the per-step times then
+include the sharing, so measure overheads with ``--jobs 1``).
 
     python benchmarks/plugins.py --milestones 200,400,600
     python benchmarks/plugins.py --arms baseline,repa:depth=2,sra --milestones 1000,2000,3400
+    python benchmarks/plugins.py --arms baseline,repa,sra,erw,selfcond,cep,umd,context --milestones 1700,3400 \
+        --n 1000 --jobs 8 --name plugins-gpu        # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
+
+import torch
 
 from _common import figure, table, write_result
 from quality import judge_run
@@ -57,6 +67,16 @@ def run_arm(arm: str, preset_name: str, milestones: list[int], n: int, root: Pat
     return {"arm": arm, "curve": curve, "seconds_per_step": train_seconds / milestones[-1]}
 
 
+def run_arms(arms: list[str], preset_name: str, milestones: list[int], n: int, root: Path, jobs: int) -> list[dict]:
+    """Every arm, one after the other or ``jobs`` at a time in spawned processes (same order either way)."""
+    if jobs == 1:
+        return [run_arm(arm, preset_name, milestones, n, root) for arm in arms]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        return list(pool.map(run_arm, arms, repeat(preset_name), repeat(milestones), repeat(n), repeat(root)))
+
+
 def plot(arms: list[dict], png: Path) -> None:
     with figure(png) as ax:
         for arm in arms:
@@ -76,9 +96,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--out", type=Path, default=Path("runs/bench/plugins"))
     p.add_argument("--name", default="plugins", help="result name: results/<name>.json and .png")
+    p.add_argument("--jobs", type=int, default=1, help="arms trained at once, in separate processes")
     a = p.parse_args()
     milestones = [int(s) for s in a.milestones.split(",")]
-    arms = [run_arm(arm.replace("+", ","), a.preset, milestones, a.n, a.out / a.name) for arm in a.arms.split(",")]
+    arms = run_arms([arm.replace("+", ",") for arm in a.arms.split(",")], a.preset, milestones, a.n, a.out / a.name, a.jobs)
     base = arms[0]
     target = base["curve"][-1]["fd_ref"]
     rows = []
@@ -94,7 +115,7 @@ def main() -> None:
                        "fraction_of_baseline_steps", "sec_per_step", "overhead"]))
     plot(arms, RESULTS / f"{a.name}.png")
     path = write_result(a.name, {"preset": a.preset, "milestones": milestones, "n_samples": a.n,
-                                    "sampler": "euler, 50 steps, no CFG", "summary": rows, "arms": arms,
+                                    "sampler": "euler, 50 steps, no CFG", "jobs": a.jobs, "summary": rows, "arms": arms,
                                     "command": "python " + " ".join(sys.argv)})
     print(f"→ {path}, {RESULTS / f'{a.name}.png'}")
 

@@ -1,15 +1,19 @@
-"""Training throughput and model FLOP utilisation (MFU) per speed option, on this machine.
+"""Training throughput and model FLOP utilisation (MFU) per speed option, on this machine's CPU or GPU.
 
 MFU = achieved model FLOPs per second ÷ the bf16 matmul peak measured in the same run
-(a 2048² ``torch.mm``, best of several tries before and after the rows).  Model FLOPs are counted by
+(a 2048² ``torch.mm`` on the CPU, 8192² on a GPU, best of several tries before and after the rows).  Model FLOPs are counted by
 ``torch.utils.flop_counter`` for one forward + backward of the net (the optimiser, EMA and data work
 count as overhead, as in the papers' MFU; activation checkpointing's recomputation too).  Each row
 times whole trainer steps (data drawing, forward, backward, clipping, AdamW, EMA) after warm-up
 steps (which include compiling, for ``compile``).  Rows: the defaults (bf16 autocast, foreach
-AdamW, eager), then one option changed at a time.
+AdamW, eager), then one option changed at a time.  ``DiT-B/2`` trains on random 4×32×32 "latents"
+with 1,000 classes: the shape of DiT's ImageNet-256 setting (256 tokens per image).  On a GPU each
+row also checks that a timed step makes no host–device synchronisation (``host_syncs``: the number
+of synchronising calls PyTorch's sync debug mode reports in one step).
 
     python benchmarks/throughput.py
     python benchmarks/throughput.py --models DiT-S/4 --variants default,compile --steps 5
+    python benchmarks/throughput.py --device cuda --models DiT-B/2 --batch-size 256 --variants default,compile
 """
 
 from __future__ import annotations
@@ -18,15 +22,22 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
+from pathlib import Path
+
+import numpy as np
 
 import torch
-from _common import table, write_result
+from _common import matmul_peak, synchronize, table, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffrep.config import make_config, preset
 from diffrep.trainer import Trainer
 
-ROWS = {"quickstart": ("quickstart", {}), "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {})}
+ROWS = {"quickstart": ("quickstart", {}), "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {}),
+        "DiT-B/2": ("dit-s4", {"model": "DiT-B/2", "lr": 1e-4})}
+LATENT_ROWS = {"DiT-B/2"}
+"""Rows trained on random 4×32×32 latents with 1,000 classes instead of mnist5k."""
 VARIANTS = {
     "default": {},
     "fp32": {"precision": "fp32"},
@@ -38,43 +49,55 @@ VARIANTS = {
 }
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
-    """Best-of-3 FLOP/s of an ``n×n`` matmul in ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
-    return best
+def latent_dataset(folder: Path, n: int = 2048) -> Path:
+    """An ``.npz`` of ``n`` random 4×32×32 uint8 "latents" with labels 0…999."""
+    rng = np.random.default_rng(0)
+    path = folder / "latents.npz"
+    np.savez(path, arr_0=rng.integers(0, 256, (n, 32, 32, 4), dtype=np.uint8), arr_1=np.arange(n) % 1000)
+    return path
+
+
+def host_syncs(trainer: Trainer, step: int) -> int:
+    """Synchronising calls (``.item()``, blocking copies, …) PyTorch reports during one CUDA step."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.train_step(step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def model_flops_per_image(trainer: Trainer) -> float:
     """Forward + backward FLOPs of the net for one image (in eval mode: activation checkpointing's
     recomputation is overhead, not model FLOPs)."""
     net = trainer.net.eval()
-    x = torch.randn(1, *trainer.data.shape)
-    cond = torch.zeros(1, dtype=torch.long) if trainer.num_classes else None
+    x = torch.randn(1, *trainer.data.shape, device=trainer.device)
+    cond = torch.zeros(1, dtype=torch.long, device=trainer.device) if trainer.num_classes else None
     with FlopCounterMode(display=False) as counter:
-        out, _ = net(x, torch.ones(1), cond)
+        out, _ = net(x, torch.ones(1, device=trainer.device), cond)
         out.sum().backward()
     net.zero_grad(set_to_none=True)
     net.train()
     return counter.get_total_flops()
 
 
-def measure(preset_name: str, variant: str, batch_size: int, steps: int, warmup: int) -> dict:
-    cfg = make_config(preset(preset_name), {"batch_size": batch_size, "warmup": 10, **VARIANTS[variant]})
+def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, device: torch.device) -> dict:
+    preset_name, overrides = ROWS[name]
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(cfg, out, progress=False)
+        data = {"data": str(latent_dataset(Path(out)))} if name in LATENT_ROWS else {}
+        cfg = make_config(preset(preset_name), overrides, data, {"batch_size": batch_size, "warmup": 10, **VARIANTS[variant]})
+        trainer = Trainer(cfg, Path(out) / "run", device=str(device), progress=False)
         flops = model_flops_per_image(trainer)
         for s in range(warmup):
             trainer.train_step(s)
+        syncs = host_syncs(trainer, warmup) if device.type == "cuda" else None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        synchronize(device)
         start = time.perf_counter()
-        for s in range(warmup, warmup + steps):
+        for s in range(warmup + 1, warmup + 1 + steps):
             loss = trainer.train_step(s)
         float(loss)
         seconds = (time.perf_counter() - start) / steps
@@ -83,6 +106,8 @@ def measure(preset_name: str, variant: str, batch_size: int, steps: int, warmup:
     return {"model": cfg.model, "params_M": round(params / 1e6, 2), "variant": variant, "precision": cfg.precision,
             "batch": batch_size, "ms_per_step": round(1000 * seconds, 1), "img_per_s": round(batch_size / seconds, 1),
             "gflop_per_img": round(flops / 1e9, 3), "achieved_gflop_s": round(flops * batch_size / seconds / 1e9, 1),
+            **({"host_syncs": syncs, "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1)}
+               if device.type == "cuda" else {}),
             **({"compile_fell_back": compiled} if compiled is not None else {})}
 
 
@@ -93,26 +118,29 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=6, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--name", default="throughput")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--name", default=None, help="result name (default: throughput, or throughput_cuda on a GPU)")
     a = p.parse_args()
-    peak = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    device = torch.device(a.device)
+    peak = {"bf16": matmul_peak(torch.bfloat16, device), "fp32": matmul_peak(torch.float32, device)}
     rows = []
     for name in a.models.split(","):
         for variant in a.variants.split(","):
             if variant == "channels-last" and not name == "quickstart":
                 continue        # a U-Net option
-            row = measure(ROWS[name][0], variant, a.batch_size, a.steps, a.warmup)
+            row = measure(name, variant, a.batch_size, a.steps, a.warmup, device)
             rows.append(row)
             print(f"{row['model']} {variant}: {row['img_per_s']} img/s, {row['achieved_gflop_s']} GFLOP/s", file=sys.stderr)
     # measured again after the rows: the larger of the two is the peak (robust to a busy moment)
-    peak = {"bf16": max(peak["bf16"], matmul_peak(torch.bfloat16)), "fp32": max(peak["fp32"], matmul_peak(torch.float32))}
+    peak = {k: max(v, matmul_peak(torch.bfloat16 if k == "bf16" else torch.float32, device)) for k, v in peak.items()}
     for row in rows:
         row["mfu_vs_bf16_peak"] = round(row["achieved_gflop_s"] * 1e9 / peak["bf16"], 3)
         row["mfu_vs_own_peak"] = round(row["achieved_gflop_s"] * 1e9 / peak[row["precision"]], 3)
-    print(f"matmul peak (2048², this run): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
+    print(f"matmul peak ({a.device}, this run): bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s, fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s")
     print(table(rows, ["model", "params_M", "variant", "batch", "ms_per_step", "img_per_s", "gflop_per_img",
-                       "achieved_gflop_s", "mfu_vs_bf16_peak", "mfu_vs_own_peak"]))
-    path = write_result(a.name, {"matmul_peak_gflop_s": {k: round(v / 1e9, 1) for k, v in peak.items()}, "rows": rows,
+                       "achieved_gflop_s", "mfu_vs_bf16_peak", "mfu_vs_own_peak"]
+                + (["host_syncs", "peak_mem_gib"] if device.type == "cuda" else [])))
+    path = write_result(a.name or ("throughput" if device.type == "cpu" else f"throughput_{device.type}"), {"matmul_peak_gflop_s": {k: round(v / 1e9, 1) for k, v in peak.items()}, "rows": rows,
                                  "command": "python " + " ".join(sys.argv)})
     print(f"→ {path}")
 

@@ -72,3 +72,20 @@ def test_activation_checkpointing_gives_the_same_gradients(name):
         out.square().sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("model", ["DiT-T/4", "UNet-S"])
+def test_taps_only_stops_after_the_deepest_tap_with_the_same_states(model):
+    net = build_net(model, 16, 1, 10).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x, t, y = torch.randn(2, 1, 16, 16), torch.ones(2), torch.tensor([3, 4])
+    taps = (net.tap_names[0], net.tap_names[2])
+    _, full = net(x, t, y, taps=taps)
+    calls = []
+    last = dict(net.named_modules())["blocks.5" if model.startswith("DiT") else "up.0"]
+    last.register_forward_hook(lambda *a: calls.append(1))
+    out, early = net(x, t, y, taps=taps, taps_only=True)
+    assert out is None and early.keys() == full.keys() and not calls, "later blocks do not run"
+    assert all(torch.equal(early[k], full[k]) for k in taps)

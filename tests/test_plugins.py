@@ -12,7 +12,7 @@ from diffrep.checkpoint import latest_checkpoint
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
-from diffrep.plugins import match_token_grid, parse_plugin, schedule_factor
+from diffrep.plugins import WarmStart, build_plugins, match_token_grid, parse_plugin, schedule_factor
 from diffrep.trainer import Trainer, load_run
 from test_trainer import assert_bit_identical, weights
 
@@ -20,7 +20,7 @@ from test_trainer import assert_bit_identical, weights
 def test_options_and_their_errors():
     name, options = parse_plugin("repa:encoder=reference,depth=3,weight=0.25")
     assert name == "repa" and options.depth == 3 and options.weight == 0.25
-    with pytest.raises(DiffrepError, match="unknown plug-in 'rep'.*repa, sra, cep"):
+    with pytest.raises(DiffrepError, match="unknown plug-in 'rep'.*repa, sra, erw, cep, selfcond, umd, context"):
         parse_plugin("rep")
     with pytest.raises(DiffrepError, match="unknown option 'dept=3'.*depth=2"):
         parse_plugin("repa:dept=3")
@@ -30,6 +30,13 @@ def test_options_and_their_errors():
         parse_plugin("sra:schedule=cosine")
     with pytest.raises(DiffrepError, match="unknown option"):
         make_config(preset("smoke"), {"plugins": ["sra:depth=2"]})
+    for spec, message in (("selfcond:source=0", "turns self-conditioning off"), ("umd:noisy_mask=1.5", r"\[0, 1\)"),
+                          ("context:max_stride=0", "≥ 1"), ("erw:warmup_steps=-1", "≥ 0"),
+                          ("erw:half_life=0", "schedule")):
+        with pytest.raises(DiffrepError, match=message):
+            build_plugins([spec])
+    with pytest.raises(DiffrepError, match="needs a DiT"):
+        Trainer(make_config(preset("smoke"), {"plugins": ["umd"]}), "unused")
 
 
 def test_schedules():
@@ -46,16 +53,21 @@ def test_token_grids_match_by_interpolation_or_fail_clearly():
         match_token_grid(torch.zeros(1, 6, 3), 16)
 
 
-@pytest.mark.parametrize("spec", ["repa:depth=2", "sra:student_block=2,teacher_block=3"])
+@pytest.mark.parametrize("spec", ["repa:depth=2", "sra:student_block=2,teacher_block=3", "erw:warmup_steps=0",
+                                  "context", "umd"])
 def test_gradients_reach_the_student_and_head_only(tmp_path, spec):
-    cfg = make_config(preset("smoke"), {"steps": 1, "plugins": [spec], "precision": "fp32"})
+    model = {"model": "DiT-T/4"} if spec == "umd" else {}
+    cfg = make_config(preset("smoke"), {"steps": 1, "plugins": [spec], "precision": "fp32", **model})
     trainer = Trainer(cfg, tmp_path, progress=False)
     plugin = trainer.plugins[0]
     trainer.optimizer.step = lambda: None              # keep the gradients to inspect them
     trainer.optimizer.zero_grad = lambda set_to_none=True: None
+    with torch.no_grad():       # off adaLN-Zero's zeros, where the output ignores the tokens (UMD's mask token)
+        for p in trainer.net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
     loss = trainer.train_step(0)
     assert torch.isfinite(loss)
-    term = trainer.parts[f"{plugin.name}/align"]
+    [term] = [v for k, v in trainer.parts.items() if k.startswith(f"{plugin.name}/")]
     assert torch.isfinite(term) and term != 0
     head_grads = [p.grad for p in plugin.parameters()]
     assert head_grads and all(g is not None and g.abs().sum() > 0 for g in head_grads)
@@ -88,6 +100,21 @@ def test_two_plugins_train_together_resume_exactly_and_stay_out_of_the_export(cl
 def test_plugins_command_lists_options(cli):
     code, out, _ = cli("plugins")
     assert code == 0 and "repa:" in out and "depth=2" in out and "time_gap=0.2" in out
+    assert all(f"{name}:" in out for name in ("erw", "selfcond", "umd", "context"))
+
+
+def test_all_new_plugins_combine_and_resume_exactly(cli, tmp_path):
+    dit = ["--model", "DiT-T/4"]
+    for plugins in (["erw:warmup_steps=3", "selfcond", "context"], ["umd", "cep"]):
+        spec = [a for p in plugins for a in ("--plugin", p)]
+        full, part = tmp_path / f"full{len(plugins)}", tmp_path / f"part{len(plugins)}"
+        assert cli("train", *SMOKE, *dit, *spec, "--steps", 8, "--ckpt-every", 4, "--out", full)[0] == 0
+        assert cli("train", *SMOKE, *dit, *spec, "--steps", 4, "--ckpt-every", 4, "--out", part)[0] == 0
+        code, _, err = cli("train", "--steps", 8, "--resume", "--no-progress", "--out", part)
+        assert code == 0, err
+        assert_bit_identical(weights(full), weights(part))
+        record = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
+        assert all(any(k.startswith(p.split(":")[0] + "/") for k in record) for p in plugins if p.split(":")[0] in ("erw", "context", "umd"))
 
 
 def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli, tmp_path):
@@ -118,3 +145,104 @@ def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli
     assert cli("train", *SMOKE, *spec, "--steps", 5, "--ckpt-every", 5, "--out", tmp_path / "part")[0] == 0
     assert cli("train", "--steps", 10, "--resume", "--no-progress", "--out", tmp_path / "part")[0] == 0
     assert_bit_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
+
+
+def test_erw_transfers_exactly_the_warmed_up_tensors(tmp_path):
+    cfg = make_config(preset("smoke"), {"model": "DiT-T/4", "plugins": ["erw:depth=2,warmup_steps=3"], "precision": "fp32"})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)   # a fresh run: the warm-up has run
+    erw = trainer.plugins[0]
+    assert trainer.net.state_dict().keys() == trainer.ema.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(trainer.net.state_dict().values(), trainer.ema.state_dict().values()))
+    assert len(erw.warmup_align) == 2 and erw.warmup_align[1] < erw.warmup_align[0], "the warm-up aligns"
+
+    torch.manual_seed(0)
+    net = build_net("DiT-T/4", 8, 1, 10)
+    initial = {k: v.clone() for k, v in net.state_dict().items()}
+    warm = WarmStart(trainer.warmup_batch, lambda params: torch.optim.AdamW(params, lr=1e-3), False)
+    student, projector = erw.warm_up(net, warm)
+    erw.transfer(student, projector, net)
+    after = net.state_dict()
+    assert {k.split(".")[0] for k in erw.transferred} == {"x_embedder", "t_embedder", "y_embedder", "blocks"}
+    assert {k.split(".")[1] for k in erw.transferred if k.startswith("blocks.")} == {"0", "1"}, "blocks 1…depth"
+    for k in after:
+        if k in erw.transferred:
+            assert torch.equal(after[k], student.state_dict()[k]) and not torch.equal(after[k], initial[k]), k
+        else:
+            assert torch.equal(after[k], initial[k]), f"{k} is not warmed up, so it keeps its initialisation"
+    assert all(torch.equal(a, b) for a, b in zip(erw.projector.state_dict().values(), projector.state_dict().values()))
+
+
+def test_selfcond_is_part_of_the_sampling_model_and_starts_as_the_plain_net(cli, tmp_path):
+    for model in ("DiT-T/4", "UNet-S"):
+        plain, conditioned = build_net(model, 8, 1, 10), build_net(model, 8, 1, 10, self_condition=-1)
+        conditioned.load_state_dict(plain.state_dict(), strict=False)
+        with torch.no_grad():
+            for p in plain.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        conditioned.load_state_dict(plain.state_dict(), strict=False)
+        x, t, y = torch.randn(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])
+        assert torch.equal(plain(x, t, y)[0], conditioned(x, t, y)[0]), "zero-initialised: the plain net at first"
+    with pytest.raises(DiffrepError, match="middle block only"):
+        build_net("UNet-S", 8, 1, 10, self_condition=1)
+    assert cli("train", *SMOKE, "--plugin", "selfcond", "--steps", 3, "--out", tmp_path / "run")[0] == 0
+    net, *_ = load_run(tmp_path / "run")
+    assert any(k.startswith("self_cond.") for k in net.state_dict())
+    assert net.self_cond.mlp[-1].weight.abs().sum() > 0, "it trains"
+    assert cli("sample", tmp_path / "run", "--n", 4, "--steps", 2, "--no-progress", "--out", tmp_path / "s.npz")[0] == 0
+
+
+def test_umd_drops_masked_tokens_and_restores_them_for_the_decoder():
+    from diffrep.loss import Batch
+    from diffrep.plugins import UMD, UmdOptions
+    from diffrep.processes import make_process
+
+    net = build_net("DiT-T/4", 16, 1, 10)
+    umd = UMD(UmdOptions(clean_fraction=0.0, noisy_mask=0.5, decoder_blocks=2))
+    umd.setup(net, None, make_process("flow"), (1, 16, 16))
+    seen = []
+    for block in net.blocks:            # after UMD's hooks: records what each block receives
+        block.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    x = torch.randn(3, 1, 16, 16)
+    batch = umd.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, torch.Generator().manual_seed(0))
+    assert batch.loss_weight.shape == (3, 1, 16, 16) and batch.loss_weight.mean() == 0.5, "denoising loss on visible patches"
+    net(x, batch.t, None)
+    assert seen == [8] * 4 + [16] * 2, "4 of 16 tokens × 0.5 kept in the encoder, all 16 in the last 2 blocks"
+    seen.clear()
+    net(x, batch.t, None)
+    assert seen == [16] * 6, "one masked forward per micro-batch; sampling-time forwards see every token"
+    clean = UMD(UmdOptions(clean_fraction=0.999))
+    clean.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16))
+    batch = clean.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, torch.Generator().manual_seed(0))
+    assert torch.all(batch.t == 0) and batch.loss_weight.sum() == 0, "clean branch: t = 0, x0 loss on masked patches only"
+    late = UMD(UmdOptions(unmask_after=10))
+    late.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16))
+    plain = Batch(x, None, torch.rand(3), torch.randn_like(x))
+    assert late.transform_batch(plain, 9, torch.Generator()).loss_weight is not None
+    assert late.transform_batch(plain, 10, torch.Generator()) is plain and late.loss_terms(plain, None, 10, None) == {}
+
+
+def test_context_targets_are_the_neighbouring_patches():
+    from diffrep.loss import Batch, LossOutput
+    from diffrep.plugins import Context, ContextOptions
+
+    net = build_net("DiT-T/4", 16, 1, 10)
+    context = Context(ContextOptions(max_stride=1, weight=1.0))
+    context.setup(net, None, None, (1, 16, 16))
+    assert context.taps == ("block6",) and context.grid == 4 and context.patch_dim == 16
+    x = torch.randn(2, 1, 16, 16)
+    patches = torch.nn.functional.unfold(x, 4, stride=4).view(2, 16, 4, 4)          # patch (i, j) = patches[..., i, j]
+
+    class Oracle(torch.nn.Module):                      # predicts every neighbour exactly, zeros outside
+        def forward(self, tokens):
+            out = torch.zeros(2, 4, 4, len(context.offsets), 16)
+            for k, (dy, dx) in enumerate(context.offsets):
+                for i in range(4):
+                    for j in range(4):
+                        if 0 <= i + dy < 4 and 0 <= j + dx < 4:
+                            out[:, i, j, k] = patches[:, :, i + dy, j + dx]
+            return out.flatten(3)
+
+    context.decoder = Oracle()
+    output = LossOutput(torch.zeros(()), taps={"block6": torch.zeros(2, 16, 8)})
+    batch = Batch(x, None, torch.zeros(2), torch.zeros_like(x))
+    assert context.loss_terms(batch, output, 0, None)["context"] == 0

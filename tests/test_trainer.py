@@ -203,3 +203,13 @@ def test_compile_falls_back_to_eager_when_compiling_fails(tmp_path, monkeypatch)
         trainer.run()
     assert trainer.forward_net.failed
     assert_bit_identical(weights(tmp_path / "eager"), weights(tmp_path / "compiled"))
+
+
+def test_deterministic_selects_deterministic_kernels_and_may_change_on_resume(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda mode, **kw: calls.append(mode))
+    base = make_config(preset("smoke"), {"steps": 2, "ckpt_every": 2})
+    Trainer(base, tmp_path / "run", progress=False).run()
+    assert calls == []
+    Trainer(make_config(vars(base), {"steps": 4, "deterministic": True}), tmp_path / "run", resume=True, progress=False).run()
+    assert calls == [True]

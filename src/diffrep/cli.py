@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout")
     t.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails)")
+    t.add_argument("--deterministic", action="store_true", default=None,
+                   help="deterministic GPU kernels, so a resumed CUDA run is bit-identical too (slower; the CPU always is)")
     t.add_argument("--adamw-impl", choices=("fused", "foreach", "for-loop"), help="AdamW kernel (default foreach)")
     t.add_argument("--plugin", dest="plugins", action="append", metavar="NAME[:OPT=VAL,…]",
                    help="a training plug-in, repeatable: repa:encoder=reference,depth=2,weight=0.5 | sra "
@@ -245,8 +247,8 @@ def _parser() -> argparse.ArgumentParser:
 
 TRAIN_FLAGS = ("data", "image_size", "hflip", "class_conditional", "label_dropout", "model", "process", "prediction",
                "schedule", "time_sampling", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
-               "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "channels_last", "compile", "adamw_impl",
-               "plugins", "seed", "ckpt_every", "keep_last",
+               "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "channels_last", "compile",
+               "deterministic", "adamw_impl", "plugins", "seed", "ckpt_every", "keep_last",
                "log_every", "grid_every", "eval_every", "eval_samples", "eval_metrics", "eval_encoders")
 
 
@@ -577,10 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     from diffrep import distributed
 
     args = _parser().parse_args(argv)
-    distributed.init_from_env()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
+            distributed.init_from_env(getattr(args, "device", "auto"))
             return COMMANDS[args.command](args)
         except DiffrepError as e:
             print(f"error: {e}", file=sys.stderr)

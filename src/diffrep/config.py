@@ -37,6 +37,7 @@ class TrainConfig:
     grad_checkpoint: bool = False       # activation checkpointing per block (DiT and U-Net)
     channels_last: bool = False         # U-Net weights and activations in NHWC
     compile: bool = False               # torch.compile the net (falls back to eager if compiling fails)
+    deterministic: bool = False         # deterministic GPU kernels: bit-identical resume on CUDA too (slower)
     # optimisation (DiT/SiT/REPA recipe: AdamW, constant lr after warm-up, no weight decay)
     steps: int = 2000
     batch_size: int = 128
@@ -110,7 +111,7 @@ class TrainConfig:
 RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "grid_every", "grid_sampler", "grid_steps",
                               "eval_every", "eval_samples", "eval_metrics", "eval_encoders",
                               # speed options: a resume may switch them (bit-identity needs the same ones)
-                              "grad_checkpoint", "channels_last", "compile", "adamw_impl"})
+                              "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic"})
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 PRESETS: dict[str, tuple[str, dict]] = {

@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from diffrep.errors import DiffrepError
+
 
 @dataclass(frozen=True)
 class World:
@@ -38,12 +40,21 @@ def current() -> World:
     return World()
 
 
-def init_from_env(timeout_s: float = 600.0) -> World:
-    """Join torchrun's process group when ``WORLD_SIZE > 1``; a no-op for a single process."""
+def init_from_env(device: str = "auto", timeout_s: float = 600.0) -> World:
+    """Join torchrun's process group when ``WORLD_SIZE > 1``; a no-op for a single process.
+
+    NCCL with one GPU per process (``cuda:LOCAL_RANK``) when ``device`` is ``auto`` and there
+    are GPUs, or names ``cuda``; gloo on the CPU otherwise (``--device cpu``).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(seconds=timeout_s))
+        on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        if on_gpu:
+            local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise DiffrepError(f"torchrun started local rank {local_rank} on a node with {gpus} GPU(s): use "
+                                   f"--nproc-per-node {gpus} (one process per GPU), or --device cpu for gloo on the CPU")
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(seconds=timeout_s))
     return current()
 
 
@@ -88,3 +99,11 @@ def broadcast_from_main(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def broadcast_tensors(tensors: list[torch.Tensor]) -> None:
+    """Overwrite every rank's ``tensors`` (in place) with rank 0's (no-op for one process)."""
+    if current().size == 1:
+        return
+    for t in tensors:
+        dist.broadcast(t, src=0)

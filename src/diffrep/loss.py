@@ -14,13 +14,15 @@ class Batch:
     """One (micro-)batch with all of its randomness drawn up front, so plug-ins can read or transform it.
 
     ``x0``: clean images in [-1, 1]; ``cond``: labels (``NULL_LABEL`` where dropped) or
-    ``None``; ``t``: times; ``noise``: ε, same shape as ``x0``.
+    ``None``; ``t``: times; ``noise``: ε, same shape as ``x0``; ``loss_weight``: optional
+    per-element weights of the denoising loss (broadcast to ``x0``; a plug-in sets them).
     """
 
     x0: torch.Tensor
     cond: torch.Tensor | None
     t: torch.Tensor
     noise: torch.Tensor
+    loss_weight: torch.Tensor | None = None
 
     def replace(self, **changes) -> "Batch":
         return replace(self, **changes)
@@ -28,22 +30,30 @@ class Batch:
 
 @dataclass
 class LossOutput:
-    """``total`` (scalar to minimise), named ``parts`` (scalars, logged) and tapped hidden states."""
+    """``total`` (scalar to minimise), named ``parts`` (scalars, logged), tapped hidden states and
+    the net's raw output (float32)."""
 
     total: torch.Tensor
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    raw: torch.Tensor | None = None
 
 
 def denoising_loss(denoiser: Denoiser, batch: Batch, taps: tuple[str, ...] = ()) -> LossOutput:
     """MSE between the net's raw output and the process's target, averaged per sample then over the batch.
 
     Every process's target carries its own weighting (ε, v, velocity, or EDM's F with
-    λ(σ)·c_out² = 1), so the loss is a plain mean.
+    λ(σ)·c_out² = 1), so the loss is a plain mean; with ``batch.loss_weight`` it is the
+    weighted mean of each sample's elements (0 where a sample's weights are all 0).
     """
     process = denoiser.process
     xt = process.corrupt(batch.x0, batch.t, batch.noise)
     raw, hidden = denoiser.raw(xt, batch.t, batch.cond, taps)
-    per_sample = (raw - process.target(batch.x0, batch.noise, batch.t)).pow(2).flatten(1).mean(1)
+    error = (raw - process.target(batch.x0, batch.noise, batch.t)).pow(2)
+    if batch.loss_weight is None:
+        per_sample = error.flatten(1).mean(1)
+    else:
+        weight = batch.loss_weight.expand_as(error).flatten(1)
+        per_sample = (weight * error.flatten(1)).sum(1) / weight.sum(1).clamp_min(1e-12)
     loss = per_sample.mean()
-    return LossOutput(loss, {"denoise": loss.detach()}, hidden)
+    return LossOutput(loss, {"denoise": loss.detach()}, hidden, raw)

@@ -45,6 +45,8 @@ class Process:
 
     name: str
     t_max: float
+    t_min: float = 0.0
+    """The least noisy time the net is trained at (plug-ins use it for "clean" inputs)."""
     grid_rho: float = 1.0
     """Default exponent of :meth:`time_grid` (1: uniform in ``t``)."""
 
@@ -216,6 +218,7 @@ class EDMProcess(Process):
                  sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0):
         self.sigma_data, self.p_mean, self.p_std = sigma_data, p_mean, p_std
         self.sigma_min, self.t_max, self.rho = sigma_min, sigma_max, rho
+        self.t_min = sigma_min
 
     def alpha(self, t):
         return torch.ones_like(t)
@@ -275,16 +278,26 @@ class Denoiser:
     def __init__(self, net: nn.Module, process: Process, autocast: bool = False):
         self.net, self.process, self.autocast = net, process, autocast
 
-    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...] = ()):
-        """The net's raw output (and tapped hidden states) at ``(x_t, t)``."""
+    def _net(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...], **kw):
         x_in = x * _bcast(self.process.net_input_scale(t), x)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out, hidden = self.net(x_in, self.process.net_time(t).float(), cond, taps=taps)
+            return self.net(x_in, self.process.net_time(t).float(), cond, taps=taps, **kw)
+
+    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...] = ()):
+        """The net's raw output (and tapped hidden states) at ``(x_t, t)``."""
+        out, hidden = self._net(x, t, cond, taps)
         return out.float(), hidden
+
+    def hidden(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...]) -> dict:
+        """Only the tapped hidden states at ``(x_t, t)``: the net stops after the deepest tap."""
+        return self._net(x, t, cond, taps, taps_only=True)[1]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
                  taps: tuple[str, ...] = ()) -> Prediction:
-        t = torch.as_tensor(t, dtype=torch.float32, device=x.device).float().expand(x.shape[0])
+        if isinstance(t, torch.Tensor):
+            t = t.to(x.device, torch.float32).expand(x.shape[0])
+        else:  # a filled tensor, not a host-to-device copy (which would make the host wait for the GPU)
+            t = torch.full((x.shape[0],), float(t), device=x.device)
         raw, hidden = self.raw(x, t, cond, taps)
         x0, eps = self.process.predict(raw, x, t)
         return Prediction(x0, eps, hidden)

@@ -76,7 +76,7 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
         for j, t in enumerate(times):
             eps = _noise(tuple(x0.shape), seed, start, j if resample else None).to(device)
             tt = torch.full((len(x0),), float(t), device=device)
-            _, hidden = denoiser.raw(process.corrupt(x0, tt, eps), tt, cond, blocks)
+            hidden = denoiser.hidden(process.corrupt(x0, tt, eps), tt, cond, blocks)
             for b in blocks:
                 f = pool(hidden[b].float(), pooling)
                 out[b, t].append(F.normalize(f, dim=1) if normalize else f)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import signal
 import time
 import warnings
@@ -30,13 +31,14 @@ from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write
 from diffrep.loss import Batch, denoising_loss
 from diffrep.nets import NULL_LABEL, UNet, build_net
-from diffrep.plugins import Plugin, build_plugins
+from diffrep.plugins import Plugin, WarmStart, build_plugins, plugin_net_options
 from diffrep.processes import make_process
 from diffrep.rng import keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
 
-BATCH_STREAM, EPOCH_STREAM, PLUGIN_STREAM = 0, 1, 2
-"""Streams of :func:`step_generator`: the batch's draws, the epoch permutation, then one per micro-batch for plug-ins."""
+BATCH_STREAM, EPOCH_STREAM, WARMUP_STREAM, PLUGIN_STREAM = 0, 1, 2, 3
+"""Streams of :func:`step_generator`: the batch's draws, the epoch permutation, the draws of a plug-in's
+warm-up batches (:meth:`Plugin.initialize`), then one per micro-batch for plug-ins."""
 
 
 def step_generator(seed: int, step: int, stream: int = BATCH_STREAM) -> torch.Generator:
@@ -66,9 +68,10 @@ class EpochSampler:
         return torch.tensor(out, dtype=torch.long)
 
 
-def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int) -> Batch:
+def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int,
+               stream: int = BATCH_STREAM) -> Batch:
     """The global batch of step ``step`` with all its randomness."""
-    g = step_generator(cfg.seed, step)
+    g = step_generator(cfg.seed, step, stream)
     x0 = to_model_range(data.images[indices])
     n = x0.shape[0]
     if cfg.hflip:
@@ -83,9 +86,17 @@ def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process,
     return Batch(x0, cond, t, noise)
 
 
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to ``device``; to a GPU through pinned memory without blocking, so the host draws the
+    next batch while the GPU still runs this step (PyTorch keeps the pinned buffer until the copy ends)."""
+    if device.type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def _slice(batch: Batch, sl: slice, device: torch.device) -> Batch:
-    return Batch(batch.x0[sl].to(device), None if batch.cond is None else batch.cond[sl].to(device),
-                 batch.t[sl].to(device), batch.noise[sl].to(device))
+    return Batch(_to_device(batch.x0[sl], device), None if batch.cond is None else _to_device(batch.cond[sl], device),
+                 _to_device(batch.t[sl], device), _to_device(batch.noise[sl], device))
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -93,6 +104,15 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda", distributed.current().local_rank) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(name)
+
+
+def use_deterministic_kernels() -> None:
+    """Deterministic CUDA kernels (cuBLAS with a fixed workspace, deterministic cuDNN algorithms and
+    scatter-adds, math attention): the same inputs give the same bits on a GPU, as they always do on
+    the CPU.  An op with no deterministic CUDA kernel warns (PyTorch names it) instead of stopping."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -115,8 +135,9 @@ def ema_decay_at(cfg: TrainConfig, step: int) -> float:
 
 
 def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The net of ``cfg``, with the architecture options its plug-ins ask for (e.g. ``selfcond``)."""
     c, h, _ = image_shape
-    net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes,
+    net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes, **plugin_net_options(cfg.plugins),
                     **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
     if cfg.channels_last:
         if not isinstance(net, UNet):
@@ -170,6 +191,8 @@ class Trainer:
                                f"= {self.world.size} × {cfg.grad_accum}")
         self.cfg, self.out, self.progress = cfg, Path(out), progress and self.world.is_main
         self.device = pick_device(device)
+        if cfg.deterministic:
+            use_deterministic_kernels()
         self.plugins = nn.ModuleList(build_plugins(cfg.plugins) if plugins is None else plugins)
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
         self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
@@ -189,6 +212,8 @@ class Trainer:
         self.step = 0
         self._eval_sets = None
         self._prepare_run_dir(resume)
+        if not resume:
+            self._initialize_plugins()
 
     # ---- run directory -------------------------------------------------------------
     def _prepare_run_dir(self, resume: bool) -> None:
@@ -212,6 +237,22 @@ class Trainer:
                            "model": self.cfg.model, "process": self.process.describe()}, f, indent=1)
             self._trim_metrics()
         distributed.barrier()
+
+    def _initialize_plugins(self) -> None:
+        """A fresh run's plug-in initialisation (ERW's warm-up), before step 0; the EMA starts from its result.
+
+        Every rank runs it on the same global batches; rank 0's weights are then sent to all, so the
+        ranks start identical even where GPU kernels are not bit-reproducible."""
+        warm = WarmStart(self.warmup_batch, lambda params: make_optimizer(self.cfg, params), self.autocast, self.progress)
+        if not any([p.initialize(self.net, warm) for p in self.plugins]):
+            return
+        distributed.broadcast_tensors(list(self.net.state_dict().values()) + list(self.plugins.state_dict().values()))
+        self.ema.load_state_dict(self.net.state_dict())
+
+    def warmup_batch(self, k: int) -> Batch:
+        """The ``k``-th batch of a plug-in's warm-up: the global batch, on the device, with its own draws."""
+        batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM)
+        return _slice(batch, slice(None), self.device)
 
     def _trim_metrics(self) -> None:
         """Drop log lines past the resumed step, so a resumed run's log has each step once."""
@@ -273,7 +314,9 @@ class Trainer:
                 out = denoising_loss(denoiser, mb, taps)
                 loss = out.total
                 for p in self.plugins:
-                    for name, term in p.loss_terms(mb, out, step, self.ema).items():
+                    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                        terms = p.loss_terms(mb, out, step, self.ema)    # heads and frozen encoders in bf16 too
+                    for name, term in terms.items():
                         out.parts[f"{p.name}/{name}"] = term.detach()
                         loss = loss + term
                 (loss / cfg.grad_accum).backward()

@@ -1,7 +1,8 @@
 """Backbones and the size registry that feeds the CLI's ``--model`` choices.
 
 Every net has the contract ``net(x, t, cond, taps=()) -> (out, {tap_name: hidden})``
-and a ``tap_names`` tuple.
+and a ``tap_names`` tuple; ``net(..., taps_only=True)`` returns ``(None, {tap: hidden})`` and
+stops after the deepest tap (features, teachers and warm-ups need no more).
 """
 
 from __future__ import annotations

@@ -16,9 +16,10 @@ NULL_LABEL = -1
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``F.scaled_dot_product_attention``; on the CPU with its math backend, which trains the short token
-    sequences of these nets 15–25% faster than the CPU flash kernel (whose backward dominated a DiT-S/4 step)."""
-    if q.device.type != "cpu":
+    """``F.scaled_dot_product_attention``, with its math backend on the CPU (it trains the short token
+    sequences of these nets 15–25% faster than the CPU flash kernel, whose backward dominated a DiT-S/4
+    step) and under ``torch.use_deterministic_algorithms`` (the fused CUDA kernels' backward is not)."""
+    if q.device.type != "cpu" and not torch.are_deterministic_algorithms_enabled():
         return F.scaled_dot_product_attention(q, k, v)
     with sdpa_kernel(SDPBackend.MATH):
         return F.scaled_dot_product_attention(q, k, v)
@@ -59,6 +60,28 @@ class LabelEmbedding(nn.Module):
         if y is None:
             y = torch.full((batch,), NULL_LABEL, dtype=torch.long, device=self.table.weight.device)
         return self.table(torch.where(y < 0, self.num_classes, y))
+
+
+class SelfCondition(nn.Module):
+    """DDAE++ self-conditioning (Xiang et al., arXiv 2505.10999): the mean of a middle layer's features,
+    through LayerNorm–Linear–SiLU–Linear, is added to the conditioning vector of every later layer.
+
+    The paper's training code is not public; diffrep's choices: mean pooling over tokens (or pixels),
+    the source is the middle block, and the last linear starts at zero, so the net starts as the
+    plain net and learns how much of its own semantics to route to the decoding layers.
+    """
+
+    def __init__(self, feature_dim: int, cond_dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, cond_dim), nn.SiLU(),
+                                 nn.Linear(cond_dim, cond_dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``features``: ``B×L×D`` tokens or a ``B×D×H×W`` map; ``cond``: ``B×cond_dim``."""
+        pooled = features.mean(1) if features.ndim == 3 else features.mean((2, 3))
+        return cond + self.mlp(pooled.to(cond.dtype)).to(cond.dtype)
 
 
 def check_taps(taps: tuple[str, ...], valid: tuple[str, ...]) -> None:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffrep.nets.common import LabelEmbedding, TimestepEmbedding, attention, check_taps
+from diffrep.errors import DiffrepError
+from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
@@ -83,10 +84,16 @@ class DiT(nn.Module):
         num_classes: int = 10,
         learned_pos: bool = False,
         grad_checkpoint: bool = False,
+        self_condition: int = 0,
     ):
+        """``self_condition``: 0 = off; K = the mean of block K's tokens conditions blocks K+1…
+        (:class:`SelfCondition`); −1 = the middle block, ``depth // 2``."""
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
+        self.self_condition = depth // 2 if self_condition == -1 else self_condition
+        if not 0 <= self.self_condition < depth:
+            raise DiffrepError(f"self-conditioning source block {self_condition} must be in 1…{depth - 1} (or -1: the middle)")
         self.in_channels, self.patch_size, self.num_classes = in_channels, patch_size, num_classes
         self.grid = image_size // patch_size
         self.hidden_size, self.depth = hidden_size, depth
@@ -100,6 +107,7 @@ class DiT(nn.Module):
         self.final_norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.final_adaLN = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
         self.final_linear = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
+        self.self_cond = SelfCondition(hidden_size, hidden_size) if self.self_condition else None
         self.tap_names = tuple(f"block{i}" for i in range(1, depth + 1))
         self._init_weights()
 
@@ -115,7 +123,7 @@ class DiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_adaLN[-1], self.final_linear):
+        for layer in (self.final_adaLN[-1], self.final_linear) + ((self.self_cond.mlp[-1],) if self.self_cond else ()):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -124,7 +132,9 @@ class DiT(nn.Module):
         x = x.view(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(b, c, g * p, g * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = (),
+                taps_only: bool = False):
+        """``(out, {tap: hidden})``; with ``taps_only``, ``(None, {tap: hidden})`` right after the deepest tap."""
         check_taps(taps, self.tap_names)
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed
         c = self.t_embedder(t)
@@ -138,6 +148,10 @@ class DiT(nn.Module):
                 h = block(h, c)
             if f"block{i}" in taps:
                 hidden[f"block{i}"] = h
+                if taps_only and len(hidden) == len(set(taps)):
+                    return None, hidden
+            if i == self.self_condition:
+                c = self.self_cond(h, c)
         shift, scale = self.final_adaLN(c).chunk(2, dim=1)
         out = self.final_linear(modulate(self.final_norm(h), shift, scale))
         return self.unpatchify(out), hidden

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffrep.nets.common import LabelEmbedding, TimestepEmbedding, attention, check_taps
+from diffrep.errors import DiffrepError
+from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -91,7 +92,10 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int = 10,
         grad_checkpoint: bool = False,
+        self_condition: int = 0,
     ):
+        """``self_condition``: 0 = off; −1 (or the middle block's index) = the mean of the middle
+        block's map conditions the decoder (:class:`SelfCondition`)."""
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes
         self.grad_checkpoint = grad_checkpoint
@@ -113,6 +117,7 @@ class UNet(nn.Module):
                 skips.append(ch)
                 res //= 2
         self.mid = nn.ModuleList([Block(ch, ch, emb_dim, True, num_heads, dropout), Block(ch, ch, emb_dim, False, num_heads, dropout)])
+        ch_mid = ch
 
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
@@ -129,24 +134,32 @@ class UNet(nn.Module):
         n_down, n_up = len(self.down), len(self.up)
         self.tap_names = tuple(f"block{i}" for i in range(1, n_down + n_up + 2))
         self.middle_tap = f"block{n_down + 1}"
+        if self_condition not in (0, -1, n_down + 1):
+            raise DiffrepError(f"the U-Net self-conditions from its middle block only: use -1 (or {n_down + 1}), "
+                               f"not {self_condition}")
+        self.self_cond = SelfCondition(ch_mid, emb_dim) if self_condition else None
 
     def _block(self, block: Block, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpoint and self.training:
             return checkpoint(block, h, emb, use_reentrant=False)
         return block(h, emb)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = (),
+                taps_only: bool = False):
+        """``(out, {tap: hidden})``; with ``taps_only``, ``(None, {tap: hidden})`` right after the deepest tap."""
         check_taps(taps, self.tap_names)
         emb = self.t_embedder(t)
         if self.y_embedder is not None:
             emb = emb + self.y_embedder(cond, batch=x.shape[0])
         hidden, k = {}, 0
 
-        def tap(h: torch.Tensor) -> None:
+        def tap(h: torch.Tensor) -> bool:
+            """Record ``h`` if tapped; whether the forward can stop here (``taps_only``, every tap recorded)."""
             nonlocal k
             k += 1
             if f"block{k}" in taps:
                 hidden[f"block{k}"] = h
+            return taps_only and len(hidden) == len(set(taps))
 
         h = self.conv_in(x)
         skips = [h]
@@ -154,18 +167,23 @@ class UNet(nn.Module):
         for down in self.downsample:
             for _ in range(self.blocks_per_level):
                 h = self._block(next(blocks), h, emb)
-                tap(h)
+                if tap(h):
+                    return None, hidden
                 skips.append(h)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 skips.append(h)
         h = self._block(self.mid[1], self._block(self.mid[0], h, emb), emb)
-        tap(h)
+        if tap(h):
+            return None, hidden
+        if self.self_cond is not None:
+            emb = self.self_cond(h, emb)
         blocks = iter(self.up)
         for up in self.upsample:
             for _ in range(self.blocks_per_level + 1):
                 h = self._block(next(blocks), torch.cat([h, skips.pop()], dim=1), emb)
-                tap(h)
+                if tap(h):
+                    return None, hidden
             h = up(h)
         return self.conv_out(F.silu(self.norm_out(h))), hidden
 
