@@ -446,7 +446,8 @@ class UMD(Plugin):
     dropped before the first block (forward pre-hooks on the student only) and come back as a
     learned mask token (+ position) before the last ``decoder_blocks`` blocks; at masked patches
     the net's raw output is read as x0.  Sampling uses every token and never sees the mask
-    token, which is a head (not exported).  diffrep's choice: the paper splits every batch
+    token, which is a head (not exported).  The mask stays set until the next micro-batch, so
+    activation checkpointing's recomputation masks alike.  diffrep's choice: the paper splits every batch
     between the branches; here each micro-batch takes one branch (same mixture in expectation),
     so there is still one forward per micro-batch.  Taps of the encoder blocks hold the visible
     tokens only: combine with plug-ins that tap the decoder blocks.  ``unmask_after`` ends the
@@ -504,8 +505,7 @@ class UMD(Plugin):
             return None
         h, c = args
         full = (self.mask_token + self._net[0].pos_embed).to(h.dtype).expand(h.shape[0], -1, -1)
-        self._keep, keep = None, self._keep
-        return full.scatter(1, keep[..., None].expand(-1, -1, h.shape[-1]), h), c
+        return full.scatter(1, self._keep[..., None].expand(-1, -1, h.shape[-1]), h), c
 
     def loss_terms(self, batch, output, step, ema):
         masked = self._masked
