@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import SMOKE, run_cli_process
 
@@ -59,7 +60,7 @@ def test_corrupt_image_is_reported_on_one_line(cli, tmp_path):
     assert "warning: skipped 1 unreadable image(s)" in err and "bad.png" in err
 
 
-def test_train_then_sample_a_tiny_run(cli, tmp_path):
+def test_train_then_sample_a_tiny_run(cli, tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert cli("train", *SMOKE, "--out", run)[0] == 0
     code, out, _ = cli("sample", run, "--n", 30, "--steps", 4, "--sampler", "dpmpp_2m", "--cfg", 2.0,
@@ -70,6 +71,19 @@ def test_train_then_sample_a_tiny_run(cli, tmp_path):
         assert f["arr_0"].shape == (30, 8, 8, 1) and f["arr_0"].dtype == np.uint8
         assert f["arr_1"].tolist() == [i % 10 for i in range(30)]
     assert (tmp_path / "g.png").stat().st_size > 0
+    compiled = []
+
+    def record_compile(module, **kw):           # stands in for the compiler: the same function, recorded
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", record_compile)
+    args = ("--n", 12, "--steps", 3, "--no-progress", "--batch-size", 4)
+    assert cli("sample", run, *args, "--out", tmp_path / "eager.npz")[0] == 0
+    assert cli("sample", run, *args, "--compile", "--out", tmp_path / "compiled.npz")[0] == 0
+    assert len(compiled) == 1
+    with np.load(tmp_path / "eager.npz") as e, np.load(tmp_path / "compiled.npz") as c:
+        assert np.array_equal(e["arr_0"], c["arr_0"])
 
 
 def test_judge_real_test_images(cli, tmp_path):
