@@ -3,22 +3,27 @@
 Trains ``--preset`` in segments (each segment is ``diffrep train --resume`` with a larger
 ``--steps``, so the curve costs one training run), and after each milestone draws 1,000
 class-balanced samples with Euler at 50 steps (no CFG) and judges them with the reference
-encoder.  At the last milestone it also samples with CFG.  Wall-clock training time
-excludes sampling and judging.
+encoder.  At the last milestone it also samples with each ``--cfg`` setting (a scale, or
+``scale@lo,hi`` for guidance only inside the t interval [lo, hi], arXiv 2404.07724).  Wall-clock
+training time excludes sampling and judging.
 
     python benchmarks/quality.py --preset quickstart --milestones 1000,2000,3000
     python benchmarks/quality.py --preset dit-tiny --milestones 2000,4000,6000,8000
+    python benchmarks/quality.py --preset dit-tiny --set compile=true --milestones 1300,2600,3900,5200 \
+        --cfg 1.5 --cfg 2.0@0.1,0.7 --name quality-dit-tiny-compile
+    python benchmarks/quality.py --add-guidance --cfg 1.25@0.1,0.7 --name quality-dit-tiny-compile   # no training
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from _common import table, write_result
+from _common import RESULTS, table, write_result
 
 from diffrep.cli import sample_run
 from diffrep.config import make_config, preset
@@ -35,21 +40,45 @@ def judge_run(run: Path, n: int, **sample_kw) -> dict:
             "sample_seconds": round(done["seconds"], 1)}
 
 
+def guidance(spec: str) -> dict:
+    """``"2.0@0.1,0.7"`` → ``{"cfg": 2.0, "cfg_interval": (0.1, 0.7)}``; ``"1.5"`` → ``{"cfg": 1.5}``."""
+    scale, _, interval = spec.partition("@")
+    return {"cfg": float(scale), **({"cfg_interval": tuple(float(v) for v in interval.split(","))} if interval else {})}
+
+
+def add_guidance(name: str, run: Path, specs: list[str], n: int) -> None:
+    """Judge more guidance settings on the last checkpoint of an earlier call's run; add them to its JSON."""
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    last = result["curve_no_cfg"][-1]
+    result["final_cfg"] += [{"step": last["step"], "train_minutes": last["train_minutes"],
+                             **judge_run(run, n, **guidance(spec))} for spec in specs]
+    result["command_add_guidance"] = "python " + " ".join(sys.argv)
+    print(table(result["final_cfg"], ["step", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ratio"]))
+    print(f"→ {write_result(name, {k: v for k, v in result.items() if k != 'machine'})}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quickstart")
-    p.add_argument("--milestones", required=True, help="comma-separated step counts, increasing")
+    p.add_argument("--milestones", help="comma-separated step counts, increasing")
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--cfg", type=float, default=1.5, help="CFG scale for the extra last-milestone row")
+    p.add_argument("--cfg", action="append", help="CFG for an extra last-milestone row: SCALE or SCALE@LO,HI "
+                                                  "(repeatable; default 1.5)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--name", help="result name (default quality-<preset>)")
     p.add_argument("--set", action="append", default=[], help="override a config option, key=value (repeatable)")
+    p.add_argument("--add-guidance", action="store_true",
+                   help="no training: judge the --cfg settings on the run of an earlier call and add them to its JSON")
     a = p.parse_args()
     import yaml
 
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
     name = a.name or f"quality-{a.preset}"
     run = a.out / name
+    if a.add_guidance:
+        return add_guidance(name, run, a.cfg or ["1.5"], a.n)
+    if not a.milestones:
+        p.error("--milestones is required (unless --add-guidance)")
     shutil.rmtree(run, ignore_errors=True)
     rows, train_seconds = [], 0.0
     for i, steps in enumerate(int(s) for s in a.milestones.split(",")):
@@ -61,8 +90,10 @@ def main() -> None:
         rows.append(row)
         print(f"step {steps}: {train_seconds / 60:.1f} min, accuracy {row['accuracy']:.4f}, FD_ref {row['fd_ref']:.3f} "
               f"(ratio {row['fd_ratio']:.2f})", file=sys.stderr)
-    guided = [{"step": rows[-1]["step"], "train_minutes": rows[-1]["train_minutes"], **judge_run(run, a.n, cfg=a.cfg)}]
-    columns = ["step", "train_minutes", "cfg", "nfe", "accuracy", "fd_ref", "fd_ref_train_vs_test", "fd_ratio"]
+    guided = [{"step": rows[-1]["step"], "train_minutes": rows[-1]["train_minutes"], **judge_run(run, a.n, **guidance(spec))}
+              for spec in a.cfg or ["1.5"]]
+    columns = ["step", "train_minutes", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ref_train_vs_test",
+               "fd_ratio"]
     print(table(rows + guided, columns))
     path = write_result(name, {"preset": a.preset, "overrides": overrides, "config": vars(cfg), "n_samples": a.n,
                                "sampler": "euler, 50 steps", "curve_no_cfg": rows, "final_cfg": guided,

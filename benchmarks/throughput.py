@@ -1,7 +1,8 @@
 """Training throughput and model FLOP utilisation (MFU) per speed option, on this machine's CPU or GPU.
 
 MFU = achieved model FLOPs per second ÷ the bf16 matmul peak measured in the same run
-(a 2048² ``torch.mm`` on the CPU, 8192² on a GPU, best of several tries before and after the rows).  Model FLOPs are counted by
+(the best ``torch.mm`` rate over square and transformer-shaped matmuls on the CPU, 8192² on a GPU,
+measured before and after the rows: ``_common.PEAK_SHAPES``).  Model FLOPs are counted by
 ``torch.utils.flop_counter`` for one forward + backward of the net (the optimiser, EMA and data work
 count as overhead, as in the papers' MFU; activation checkpointing's recomputation too).  Each row
 times whole trainer steps (data drawing, forward, backward, clipping, AdamW, EMA) after warm-up
@@ -113,7 +114,8 @@ def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, d
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    p.add_argument("--models", help=f"comma-separated, from {', '.join(ROWS)} (default: all; on a CPU all but "
+                                    f"{', '.join(LATENT_ROWS)}, whose activations outgrow 24 GiB at batch 128)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=6, help="timed steps per row")
@@ -122,9 +124,10 @@ def main() -> None:
     p.add_argument("--name", default=None, help="result name (default: throughput, or throughput_cuda on a GPU)")
     a = p.parse_args()
     device = torch.device(a.device)
+    models = a.models or ",".join(m for m in ROWS if device.type != "cpu" or m not in LATENT_ROWS)
     peak = {"bf16": matmul_peak(torch.bfloat16, device), "fp32": matmul_peak(torch.float32, device)}
     rows = []
-    for name in a.models.split(","):
+    for name in models.split(","):
         for variant in a.variants.split(","):
             if variant == "channels-last" and not name == "quickstart":
                 continue        # a U-Net option

@@ -13,6 +13,8 @@ import torch
 from conftest import SMOKE
 from test_trainer import weights
 
+from diffrep.checkpoint import latest_checkpoint
+
 
 def torchrun(nproc: int, *args, timeout: float = 300) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
@@ -24,13 +26,15 @@ def torchrun(nproc: int, *args, timeout: float = 300) -> subprocess.CompletedPro
 
 
 def test_two_processes_train_the_same_weights_as_one(tmp_path):
-    """With a plug-in that initialises the net (ERW's warm-up runs on every rank, rank 0's result is broadcast)."""
+    """With a plug-in that initialises the net (ERW's warm-up runs on every rank, rank 0's result is
+    broadcast) and has a trainable head outside the DDP-wrapped net (its gradients averaged too)."""
     args = ["train", *SMOKE, "--steps", 6, "--ckpt-every", 6, "--precision", "fp32", "--grad-accum", 2,
             "--plugin", "erw:warmup_steps=2"]
     torchrun(1, *args, "--out", tmp_path / "one")
     two = torchrun(2, *args, "--out", tmp_path / "two")
     assert two.stdout.count("trained 6 steps") == 1, "only rank 0 prints"
-    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    a, b = ({**weights(run), **latest_checkpoint(run).weights("heads")} for run in (tmp_path / "one", tmp_path / "two"))
+    assert any(k.startswith("0.projector") for k in a), list(a)[:5]
     for k in a:     # summation order differs (per-rank means, then DDP's average): rounding only
         torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)
     logs = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("one", "two")]

@@ -37,6 +37,8 @@ def test_options_and_their_errors():
             build_plugins([spec])
     with pytest.raises(DiffrepError, match="needs a DiT"):
         Trainer(make_config(preset("smoke"), {"plugins": ["umd"]}), "unused")
+    with pytest.raises(DiffrepError, match=r"block2, tapped by another plug-in, .*blocks 1…4.*repa:depth=5"):
+        Trainer(make_config(preset("smoke"), {"model": "DiT-T/4", "plugins": ["umd", "repa"]}), "unused")
 
 
 def test_schedules():

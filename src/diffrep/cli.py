@@ -582,8 +582,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from diffrep import distributed
+    from diffrep.memory import reuse_freed_memory
 
     args = _parser().parse_args(argv)
+    reuse_freed_memory()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:

@@ -73,6 +73,19 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     return value / current().size
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average the gradients of ``params`` (each must have one) over ranks in one all-reduce;
+    no-op for one process.  For trainable tensors outside the DDP-wrapped net, such as plug-in
+    heads: DDP averages only its own module's gradients."""
+    if current().size == 1 or not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= current().size
+    for p, g in zip(params, flat.split([p.numel() for p in params])):
+        p.grad.copy_(g.view_as(p))
+
+
 def gather_to_main(obj: object) -> list[object] | None:
     """Every rank's ``obj`` as a list on rank 0 (``None`` elsewhere)."""
     world = current()

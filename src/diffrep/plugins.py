@@ -57,6 +57,10 @@ class Plugin(nn.Module):
     def setup(self, net: nn.Module, ema: nn.Module, process, image_shape: tuple[int, int, int]) -> None:
         """Called once before training (and before a resume loads state): build heads, register hooks."""
 
+    def check_taps(self, taps: set[str]) -> None:
+        """Called after every plug-in's ``setup`` with the taps of the others: raise a
+        :class:`DiffrepError` if one cannot work beside this plug-in."""
+
     def initialize(self, net: nn.Module, warm: WarmStart) -> bool:
         """Called once at the start of a fresh run (not on resume); may change ``net``'s weights in place
         (ERW's warm-up).  Returns whether it did; the EMA then starts from the new weights."""
@@ -475,8 +479,17 @@ class UMD(Plugin):
         self.process, self.grid, self.patch = process, net.grid, net.patch_size
         self._net = [net]           # a plain list: the net is not a sub-module of the plug-in
         self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, net.hidden_size))
+        self.encoder_blocks = len(blocks) - self.options.decoder_blocks
         blocks[0].register_forward_pre_hook(self._drop_masked)
-        blocks[len(blocks) - self.options.decoder_blocks].register_forward_pre_hook(self._restore_masked)
+        blocks[self.encoder_blocks].register_forward_pre_hook(self._restore_masked)
+
+    def check_taps(self, taps: set[str]) -> None:
+        visible_only = sorted(taps & {f"block{k}" for k in range(1, self.encoder_blocks + 1)})
+        if visible_only:
+            k = self.encoder_blocks
+            raise DiffrepError(f"umd: {', '.join(visible_only)}, tapped by another plug-in, holds only the unmasked "
+                               f"tokens (umd's encoder is blocks 1…{k}): tap block{k + 1} or later "
+                               f"(e.g. repa:depth={k + 1}), or raise umd:decoder_blocks")
 
     def transform_batch(self, batch, step, generator):
         if 0 < self.options.unmask_after <= step:

@@ -203,8 +203,11 @@ class Trainer:
         self.train_net = self.net if self.world.size == 1 else nn.parallel.DistributedDataParallel(self.net)
         for p in self.plugins:
             p.setup(self.net, self.ema, self.process, self.data.shape)
+        for p in self.plugins:
+            p.check_taps({t for other in self.plugins if other is not p for t in other.taps})
         self.plugins.to(self.device)
-        self.params = [p for p in list(self.net.parameters()) + list(self.plugins.parameters()) if p.requires_grad]
+        self.head_params = [p for p in self.plugins.parameters() if p.requires_grad]
+        self.params = [p for p in self.net.parameters() if p.requires_grad] + self.head_params
         self.optimizer = make_optimizer(cfg, self.params)
         self.forward_net = CompiledOrEager(self.train_net) if cfg.compile else self.train_net
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
@@ -323,6 +326,10 @@ class Trainer:
             total += loss.detach() / cfg.grad_accum
             for name, v in out.parts.items():
                 self.parts[name] = self.parts.get(name, 0) + v / cfg.grad_accum
+        for p in self.head_params:      # a head left out of this step's loss: zero, so every rank holds a gradient
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        distributed.average_gradients(self.head_params)     # DDP averages the net's; the heads are outside it
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()

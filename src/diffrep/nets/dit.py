@@ -52,7 +52,12 @@ class Attention(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero modulation (DiT §3.2)."""
+    """Pre-norm transformer block with adaLN-Zero modulation (DiT §3.2).
+
+    The MLP uses the exact (erf) GELU where DiT used its tanh approximation: the two differ by
+    less than 1e-3, and PyTorch's CPU kernel for the tanh form is 5× slower (13 vs 2.5 ms for
+    8192×1536 bf16 here; a DiT-S/4 training step 4% slower).
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -60,7 +65,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
