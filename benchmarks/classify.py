@@ -17,6 +17,7 @@ racing run into the network's forward passes and everything else.
 
     python benchmarks/quickstart.py            # once, for the model
     python benchmarks/classify.py [--n 500] [--pairs 32]
+    python benchmarks/classify.py --run runs/bench/quality-dit-tiny-4800 --n 1000 --name classify-dit-tiny
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--fit-images", type=int, default=100)
+    ap.add_argument("--name", default="classify", help="result name: results/<name>.json and .png")
     args = ap.parse_args()
     net, process, cfg, info = load_run(args.run, "ema", "cpu")
     timer = ForwardTimer(net)
@@ -117,12 +119,13 @@ def main() -> None:
     print(f"racing: {speed['racing_images_per_s']:.2f} images/s, {100 * speed['racing_forward_fraction']:.0f}% of "
           f"the time in the network; exhaustive ≈ {speed['exhaustive_images_per_s_estimated']:.2f} images/s "
           f"({1e3 * seconds_per_call:.2f} ms per call); temperature {tau:.3g}, mean p(true) {float(p_true.mean()):.3f}")
-    plot(rows, RESULTS / "classify.png")
-    path = write_result("classify", {"run": str(args.run), "n": args.n, "pairs": pairs, "rows": rows, **speed,
+    plot(rows, RESULTS / f"{args.name}.png")
+    path = write_result(args.name, {"run": str(args.run), "n": args.n, "pairs": pairs, "rows": rows, **speed,
                                      "time_weights": weights.tolist(), "temperature": tau,
                                      "mean_p_true": float(p_true.mean()),
-                                     "command": f"python benchmarks/classify.py --n {args.n} --pairs {pairs}"})
-    print(f"→ {path}, {RESULTS / 'classify.png'}")
+                                     "command": f"python benchmarks/classify.py --run {args.run} --n {args.n} "
+                                                f"--pairs {pairs} --name {args.name}"})
+    print(f"→ {path}, {RESULTS / args.name}.png")
 
 
 def plot(rows: list[dict], png: Path) -> None:

@@ -12,6 +12,8 @@ training time excludes sampling and judging.
     python benchmarks/quality.py --preset dit-tiny --set compile=true --milestones 1300,2600,3900,5200 \
         --cfg 1.5 --cfg 2.0@0.1,0.7 --name quality-dit-tiny-compile
     python benchmarks/quality.py --add-guidance --cfg 1.25@0.1,0.7 --name quality-dit-tiny-compile   # no training
+    python benchmarks/quality.py --add-guidance --sampler heun:25 --cfg 1.5@0.1,0.7 --name quality-dit-tiny-compile
+    python benchmarks/quality.py --extend 5200 --sampler heun:25 --cfg 1.5@0.1,0.7 --name quality-dit-tiny-4800
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ from diffrep.reference import judge
 from diffrep.trainer import Trainer
 
 
-def judge_run(run: Path, n: int, **sample_kw) -> dict:
+def judge_run(run: Path, n: int, sampler: str = "euler:50", **sample_kw) -> dict:
     npz = run / "bench_samples.npz"
-    done = sample_run(run, npz, n=n, sampler="euler", steps=50, progress=False, **sample_kw)
+    name, steps = sampler.split(":")
+    done = sample_run(run, npz, n=n, sampler=name, steps=int(steps), progress=False, **sample_kw)
     verdict = judge(load_npz(npz)).as_dict()
-    return {**verdict, "nfe": done["nfe"], "cfg": done["cfg"], "cfg_interval": done["cfg_interval"],
+    return {**verdict, "sampler": sampler, "nfe": done["nfe"], "cfg": done["cfg"], "cfg_interval": done["cfg_interval"],
             "sample_seconds": round(done["seconds"], 1)}
 
 
@@ -46,14 +49,35 @@ def guidance(spec: str) -> dict:
     return {"cfg": float(scale), **({"cfg_interval": tuple(float(v) for v in interval.split(","))} if interval else {})}
 
 
-def add_guidance(name: str, run: Path, specs: list[str], n: int) -> None:
+def add_guidance(name: str, run: Path, specs: list[str], n: int, sampler: str) -> None:
     """Judge more guidance settings on the last checkpoint of an earlier call's run; add them to its JSON."""
     result = json.loads((RESULTS / f"{name}.json").read_text())
     last = result["curve_no_cfg"][-1]
+    for row in result["final_cfg"]:
+        row.setdefault("sampler", "euler:50")          # rows from before --sampler existed
     result["final_cfg"] += [{"step": last["step"], "train_minutes": last["train_minutes"],
-                             **judge_run(run, n, **guidance(spec))} for spec in specs]
+                             **judge_run(run, n, sampler, **guidance(spec))} for spec in specs]
     result["command_add_guidance"] = "python " + " ".join(sys.argv)
-    print(table(result["final_cfg"], ["step", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ratio"]))
+    print(table(result["final_cfg"], ["step", "sampler", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ratio"]))
+    print(f"→ {write_result(name, {k: v for k, v in result.items() if k != 'machine'})}")
+
+
+def extend(name: str, run: Path, steps: int, specs: list[str], n: int, sampler: str) -> None:
+    """Resume the run of an earlier call to ``steps`` (bit-identical to training that long at once), add a
+    curve point and the ``--cfg`` rows at the new last step to its JSON."""
+    result = json.loads((RESULTS / f"{name}.json").read_text())
+    last = result["curve_no_cfg"][-1]
+    cfg = make_config(result["config"], {"steps": steps})
+    start = time.perf_counter()
+    Trainer(cfg, run, resume=True, progress=False).run()
+    minutes = round(last["train_minutes"] + (time.perf_counter() - start) / 60, 2)
+    result["curve_no_cfg"].append({"step": steps, "train_minutes": minutes, **judge_run(run, n)})
+    result["final_cfg"] += [{"step": steps, "train_minutes": minutes, **judge_run(run, n, sampler, **guidance(spec))}
+                            for spec in specs]
+    result["config"] = vars(cfg)
+    result["command_extend"] = "python " + " ".join(sys.argv)
+    print(table(result["curve_no_cfg"] + result["final_cfg"],
+                ["step", "train_minutes", "sampler", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ratio"]))
     print(f"→ {write_result(name, {k: v for k, v in result.items() if k != 'machine'})}")
 
 
@@ -64,11 +88,14 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--cfg", action="append", help="CFG for an extra last-milestone row: SCALE or SCALE@LO,HI "
                                                   "(repeatable; default 1.5)")
+    p.add_argument("--sampler", default="euler:50", help="NAME:STEPS for the --cfg rows (the curve is always euler:50)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument("--name", help="result name (default quality-<preset>)")
     p.add_argument("--set", action="append", default=[], help="override a config option, key=value (repeatable)")
     p.add_argument("--add-guidance", action="store_true",
                    help="no training: judge the --cfg settings on the run of an earlier call and add them to its JSON")
+    p.add_argument("--extend", type=int, metavar="STEPS",
+                   help="resume the run of an earlier call to STEPS; add the curve point and --cfg rows to its JSON")
     a = p.parse_args()
     import yaml
 
@@ -76,7 +103,9 @@ def main() -> None:
     name = a.name or f"quality-{a.preset}"
     run = a.out / name
     if a.add_guidance:
-        return add_guidance(name, run, a.cfg or ["1.5"], a.n)
+        return add_guidance(name, run, a.cfg or ["1.5"], a.n, a.sampler)
+    if a.extend:
+        return extend(name, run, a.extend, a.cfg or ["1.5"], a.n, a.sampler)
     if not a.milestones:
         p.error("--milestones is required (unless --add-guidance)")
     shutil.rmtree(run, ignore_errors=True)
@@ -90,9 +119,9 @@ def main() -> None:
         rows.append(row)
         print(f"step {steps}: {train_seconds / 60:.1f} min, accuracy {row['accuracy']:.4f}, FD_ref {row['fd_ref']:.3f} "
               f"(ratio {row['fd_ratio']:.2f})", file=sys.stderr)
-    guided = [{"step": rows[-1]["step"], "train_minutes": rows[-1]["train_minutes"], **judge_run(run, a.n, **guidance(spec))}
+    guided = [{"step": rows[-1]["step"], "train_minutes": rows[-1]["train_minutes"], **judge_run(run, a.n, a.sampler, **guidance(spec))}
               for spec in a.cfg or ["1.5"]]
-    columns = ["step", "train_minutes", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ref_train_vs_test",
+    columns = ["step", "train_minutes", "sampler", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ref_train_vs_test",
                "fd_ratio"]
     print(table(rows + guided, columns))
     path = write_result(name, {"preset": a.preset, "overrides": overrides, "config": vars(cfg), "n_samples": a.n,

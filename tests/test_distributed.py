@@ -41,6 +41,27 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
     assert len(logs[0]) == len(logs[1]) == 2
 
 
+def test_fsdp_trains_and_resumes_to_the_weights_of_one_process(tmp_path):
+    """FSDP2 over 2 gloo processes, stopped at step 3 and resumed from its checkpoint (full tensors,
+    re-sharded on load), with sample grids (the EMA is gathered on every rank) and a plug-in head
+    outside the sharded net: the weights, EMA, heads and AdamW moments of one unsharded process."""
+    args = ["train", *SMOKE, "--steps", 6, "--ckpt-every", 3, "--grid-every", 3, "--precision", "fp32",
+            "--grad-accum", 2, "--plugin", "erw:warmup_steps=2"]
+    torchrun(1, *args, "--out", tmp_path / "one")
+    torchrun(2, *args, "--fsdp", "--steps", 3, "--out", tmp_path / "two")
+    torchrun(2, *args, "--fsdp", "--resume", "--out", tmp_path / "two")
+    ckpts = [latest_checkpoint(tmp_path / d) for d in ("one", "two")]
+    a, b = ({**weights(tmp_path / d), **c.weights("heads")} for d, c in zip(("one", "two"), ckpts))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)
+    moments = [c.state()["optimizer"]["state"] for c in ckpts]
+    assert moments[0].keys() == moments[1].keys()
+    for i in moments[0]:
+        torch.testing.assert_close(moments[0][i]["exp_avg_sq"], moments[1][i]["exp_avg_sq"], atol=1e-8, rtol=1e-3)
+    assert sorted(p.name for p in (tmp_path / "two" / "grids").iterdir()) == ["step_0000003.png", "step_0000006.png"]
+
+
 def test_samples_do_not_depend_on_the_number_of_processes(tmp_path):
     run = tmp_path / "run"
     torchrun(1, "train", *SMOKE, "--steps", 4, "--out", run)

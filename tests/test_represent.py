@@ -11,7 +11,7 @@ from conftest import SMOKE
 from diffrep.classifier import PairErrors, classify, fit_time_weights, fit_temperature, probabilities
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
-from diffrep.probes import ProbeSplit, knn_probe, linear_probe
+from diffrep.probes import ProbeSplit, knn_probe, knn_whitened_probe, linear_probe
 from diffrep.processes import make_process
 from diffrep.represent import diffusion_features, resolve_blocks
 
@@ -27,7 +27,7 @@ def test_features_do_not_depend_on_batching(model, resample):
     net = build_net(model, 16, 1, 10).eval()
     images = _images(7, 16)
     kw = dict(blocks=resolve_blocks("all", net.tap_names)[:3], times=[0.1, 0.5], seed=3, resample=resample,
-              autocast=False, progress=False)
+              noise_draws=2, autocast=False, progress=False)
     one = diffusion_features(net, make_process("flow"), images, batch_size=7, **kw)
     many = diffusion_features(net, make_process("flow"), images, batch_size=3, **kw)
     assert one.keys() == many.keys() and len(one) == 6
@@ -35,6 +35,39 @@ def test_features_do_not_depend_on_batching(model, resample):
         torch.testing.assert_close(one[k], many[k], rtol=1e-5, atol=1e-6)
     with pytest.raises(DiffrepError, match="unknown block"):
         resolve_blocks("block99", net.tap_names)
+
+
+def test_averaging_over_noise_draws_shrinks_the_noise_in_the_features():
+    torch.manual_seed(0)
+    net = build_net("UNet-S", 16, 1, 10).eval()
+    kw = dict(blocks=("block2",), times=[0.5], pooling="grid2", autocast=False, progress=False)
+    images = _images(8, 16)
+
+    def spread(draws: int) -> float:     # how far two seeds' features lie apart, relative to their size
+        a, b = (diffusion_features(net, make_process("flow"), images, seed=s, noise_draws=draws, **kw)["block2", 0.5]
+                for s in (0, 1))
+        return float((a - b).norm() / a.norm())
+
+    one, eight = spread(1), spread(8)
+    assert eight < 0.5 * one, (one, eight)         # ~1/√8 of the spread of a single draw
+    with pytest.raises(DiffrepError, match="noise_draws"):
+        diffusion_features(net, make_process("flow"), images, noise_draws=0, **kw)
+
+
+def test_whitened_knn_ignores_a_loud_direction_that_raw_cosine_follows():
+    g = torch.Generator().manual_seed(0)
+
+    def features(y: torch.Tensor) -> torch.Tensor:      # 3 loud nuisance directions, the class along a 4th, noise
+        x = torch.randn(len(y), 20, generator=g)
+        x[:, :3] *= 30
+        x[:, 3] += 3 * (2 * y - 1)
+        return x
+
+    y_train, y_test = torch.arange(800) % 2, torch.arange(400) % 2
+    split = _split(features(y_train), features(y_test), y_train, y_test)
+    assert knn_probe(split) < 0.7 < 0.95 < knn_whitened_probe(split, components=4)
+    noise = _split(split.train, split.test, torch.randint(0, 2, (800,), generator=g), y_test)
+    assert abs(knn_whitened_probe(noise, components=4) - 0.5) < 0.1
 
 
 def _split(train: torch.Tensor, test: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor) -> ProbeSplit:

@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails)")
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic GPU kernels, so a resumed CUDA run is bit-identical too (slower; the CPU always is)")
+    t.add_argument("--fsdp", action="store_true", default=None,
+                   help="under torchrun: shard weights, gradients, optimizer and EMA over the processes (FSDP2) "
+                        "instead of replicating them (DDP); for nets that do not fit one device")
     t.add_argument("--adamw-impl", choices=("fused", "foreach", "for-loop"), help="AdamW kernel (default foreach)")
     t.add_argument("--plugin", dest="plugins", action="append", metavar="NAME[:OPT=VAL,…]",
                    help="a training plug-in, repeatable: repa:encoder=reference,depth=2,weight=0.5 | sra "
@@ -178,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--t", default="0.05,0.1,0.2,0.4", help="run source: noise levels in the process's time (σ for edm)")
     f.add_argument("--pool", choices=POOLS, default="mean", help="run source: mean over positions/tokens, or flatten")
     f.add_argument("--resample-noise", action="store_true", help="run source: new ε at every t (default: one ε per image)")
+    f.add_argument("--noise-draws", type=int, default=1, help="run source: average the features over this many ε draws")
     f.add_argument("--l2-normalize", action="store_true", help="run source: unit-length feature vectors")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--encoder", choices=list(ENCODERS), help="images source: the metric encoder (default reference)")
@@ -205,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--t", default="0.05,0.1,0.2,0.4")
     pr.add_argument("--pool", choices=POOLS, default="mean")
     pr.add_argument("--resample-noise", action="store_true")
+    pr.add_argument("--noise-draws", type=int, default=1, help="average the diffusion features over this many ε draws")
     pr.add_argument("--l2-normalize", action="store_true")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default="auto")
@@ -250,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
 TRAIN_FLAGS = ("data", "image_size", "hflip", "class_conditional", "label_dropout", "model", "process", "prediction",
                "schedule", "time_sampling", "steps", "batch_size", "grad_accum", "lr", "warmup", "weight_decay",
                "grad_clip", "ema_decay", "ema_start", "precision", "grad_checkpoint", "channels_last", "compile",
-               "deterministic", "adamw_impl", "plugins", "seed", "ckpt_every", "keep_last",
+               "deterministic", "fsdp", "adamw_impl", "plugins", "seed", "ckpt_every", "keep_last",
                "log_every", "grid_every", "eval_every", "eval_samples", "eval_metrics", "eval_encoders")
 
 
@@ -487,10 +492,10 @@ def _run_features(a) -> int:
     images = load_eval_set(a.data, a.image_size)
     blocks = resolve_blocks(a.blocks, net.tap_names)
     feats = diffusion_features(net, process, images.images, blocks=blocks, times=_floats(a.t, "--t"), pooling=a.pool,
-                               seed=a.seed, resample=a.resample_noise, normalize=a.l2_normalize,
-                               batch_size=a.batch_size, autocast=cfg.precision == "bf16", progress=not a.no_progress)
+                               seed=a.seed, resample=a.resample_noise, noise_draws=a.noise_draws,
+                               normalize=a.l2_normalize, batch_size=a.batch_size, autocast=cfg.precision == "bf16", progress=not a.no_progress)
     spec = json.dumps({"run": str(a.source), "data": images.name, "pool": a.pool, "seed": a.seed,
-                       "resample_noise": a.resample_noise, "l2_normalize": a.l2_normalize})
+                       "resample_noise": a.resample_noise, "noise_draws": a.noise_draws, "l2_normalize": a.l2_normalize})
     save_npz(a.out, spec=np.array(spec), **{f"{b}@t={t:g}": f.numpy() for (b, t), f in feats.items()})
     print(f"{len(images.images)} images × {len(feats)} (block, t) feature sets → {a.out} (keys like '{blocks[0]}@t=…')")
     return 0
@@ -502,16 +507,17 @@ def cmd_probe(a) -> int:
 
     rows = probe_backbones(a.run, data=a.data, backbones=a.backbones.split(","), blocks=a.blocks,
                            times=_floats(a.t, "--t"), pooling=a.pool, seed=a.seed, resample=a.resample_noise,
-                           normalize=a.l2_normalize, encoder_weights=_encoder_weights(a.encoder_weights),
+                           noise_draws=a.noise_draws, normalize=a.l2_normalize, encoder_weights=_encoder_weights(a.encoder_weights),
                            device=a.device, progress=not a.no_progress)
     best = {}
     for r in rows:
         if r["backbone"] not in best or r["linear"] > best[r["backbone"]]["linear"]:
             best[r["backbone"]] = r
-    print(f"{'backbone':12s} {'best block':>10s} {'t':>6s} {'dim':>6s} {'linear':>8s} {'kNN':>8s}")
+    print(f"{'backbone':12s} {'best block':>10s} {'t':>6s} {'dim':>6s} {'linear':>8s} {'kNN':>8s} {'kNN white':>10s}")
     for name, r in best.items():
         t = "—" if r["t"] is None else f"{r['t']:g}"
-        print(f"{name:12s} {r['block'] or '—':>10s} {t:>6s} {r['dim']:6d} {100 * r['linear']:7.2f}% {100 * r['knn']:7.2f}%")
+        print(f"{name:12s} {r['block'] or '—':>10s} {t:>6s} {r['dim']:6d} {100 * r['linear']:7.2f}% {100 * r['knn']:7.2f}% "
+              f"{100 * r['knn_white']:9.2f}%")
     if a.out:
         with atomic_write(a.out, "w") as f:
             json.dump({"command": "diffrep " + " ".join(sys.argv[1:]), "rows": rows}, f, indent=1)

@@ -3,7 +3,10 @@
 Nothing here is a home-made distributed system: ``torchrun`` starts the processes and sets
 ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; :func:`init_from_env` joins its process group
 (NCCL on CUDA, gloo on CPU), and the trainer wraps its net in
-``DistributedDataParallel``.  A rank that fails ends the job: torchrun stops the other
+``DistributedDataParallel`` — or, with ``--fsdp``, shards it with FSDP2's ``fully_shard``
+(:func:`shard`): parameters, gradients, optimizer and EMA state are split over the ranks and
+gathered block by block for each forward.  Checkpoints hold full tensors either way
+(:func:`full_state` / :func:`shard_state_like`), so a run may switch between the two.  A rank that fails ends the job: torchrun stops the other
 workers, and a collective that waits longer than ``timeout`` raises instead of hanging.
 """
 
@@ -15,6 +18,9 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from diffrep.errors import DiffrepError
 
@@ -120,3 +126,61 @@ def broadcast_tensors(tensors: list[torch.Tensor]) -> None:
         return
     for t in tensors:
         dist.broadcast(t, src=0)
+
+
+def shard(net: nn.Module, units: tuple[type[nn.Module], ...]) -> None:
+    """FSDP2: shard every submodule of a type in ``units`` (the net's repeated blocks), then the rest.
+
+    In place: the parameters become ``DTensor`` shards, each block's are all-gathered just
+    before its forward (and backward) and freed after, and gradients are reduce-scattered."""
+    from torch.distributed.fsdp import fully_shard
+
+    for module in net.modules():
+        if isinstance(module, units):
+            fully_shard(module)
+    fully_shard(net)
+
+
+def full_state(state: object) -> object:
+    """``state`` (a state dict, nested dicts/lists allowed) with every ``DTensor`` gathered to a full tensor.
+
+    Collective under FSDP: every rank must call it, in the same order."""
+    if isinstance(state, DTensor):
+        return state.full_tensor()
+    if isinstance(state, dict):
+        return {k: full_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [full_state(v) for v in state]
+    return state
+
+
+def shard_state_like(full: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Full tensors cut into the shards of ``like``'s ``DTensor`` values (plain ones pass through).
+
+    Every rank holds the same ``full`` (read from one checkpoint), so each keeps its own shard
+    without communicating."""
+    return {k: distribute_tensor(v.to(like[k].device), like[k].device_mesh, like[k].placements, src_data_rank=None)
+            if isinstance(like.get(k), DTensor) else v for k, v in full.items()}
+
+
+def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
+    """An optimizer state dict of full tensors, its per-parameter tensors cut like ``params``
+    (in ``optimizer.param_groups`` order) where those are ``DTensor`` shards."""
+    per_param = {i: shard_state_like(s, {k: params[i] for k in s if k != "step"})
+                 for i, s in state["state"].items()}
+    return {**state, "state": per_param}
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` over a mix of FSDP shards (``DTensor``) and plain parameters (plug-in heads),
+    which PyTorch's own refuses to combine; returns the total norm (no host sync)."""
+    sharded = [p.grad for p in params if isinstance(p, DTensor) and p.grad is not None]
+    if not sharded:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    plain = [p.grad for p in params if not isinstance(p, DTensor) and p.grad is not None]
+    norms = [torch.nn.utils.get_total_norm(sharded).full_tensor()] + \
+            ([torch.nn.utils.get_total_norm(plain)] if plain else [])
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_([g.to_local() for g in sharded] + plain, scale)
+    return total

@@ -3,15 +3,17 @@
 
 An image ``x0`` is noised to ``x_t = α_t·x0 + σ_t·ε`` and passed once through the net per
 ``t`` with every requested block tapped; each tap is pooled to a vector (``mean`` over the
-spatial positions of a U-Net map or the tokens of a DiT, ``grid2``/``grid4`` over a coarse grid of
+spatial positions of a U-Net map or the tokens of a DiT, ``grid2``/``grid4``/``grid8`` over a coarse grid of
 regions, ``flatten`` keeps everything).
 Times are in the process's own units (σ for ``edm``).  The net sees the null label, so a
 class-conditional model is not told the answer.
 
 Noise: image ``i`` at time index ``j`` uses ε drawn from a generator keyed by
-``(seed, i)`` (``resample=False``: the same ε at every t) or ``(seed, i, j)``
+``(seed, i, d)`` (``resample=False``: the same ε at every t) or ``(seed, i, j, d)``
 (``resample=True``), so the features do not depend on the batch size or on which
-other images are in the batch.
+other images are in the batch.  With ``noise_draws = D`` the features are averaged over the
+draws ``d = 0 … D−1`` — an ensemble over ε, as DIFT (arXiv 2306.03881) does — which removes
+part of the noise a single draw leaves in them, at D forward passes per t.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from diffrep.nets import NULL_LABEL
 from diffrep.processes import Process
 from diffrep.rng import keyed_generator
 
-POOLS = ("mean", "grid2", "grid4", "flatten")
+POOLS = ("mean", "grid2", "grid4", "grid8", "flatten")
 
 
 def resolve_blocks(spec: str | list[str], tap_names: tuple[str, ...]) -> tuple[str, ...]:
@@ -55,17 +57,21 @@ def pool(hidden: torch.Tensor, how: str) -> torch.Tensor:
     return F.adaptive_avg_pool2d(hidden, int(how.removeprefix("grid"))).flatten(1)
 
 
-def _noise(shape: tuple[int, ...], seed: int, first_index: int, t_index: int | None) -> torch.Tensor:
-    keys = [(seed, first_index + i) if t_index is None else (seed, first_index + i, t_index) for i in range(shape[0])]
+def _noise(shape: tuple[int, ...], seed: int, first_index: int, t_index: int | None, draw: int) -> torch.Tensor:
+    keys = [(seed, first_index + i, draw) if t_index is None else (seed, first_index + i, t_index, draw)
+            for i in range(shape[0])]
     return torch.stack([torch.randn(shape[1:], generator=keyed_generator(*k)) for k in keys])
 
 
 @torch.no_grad()
 def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Tensor, *, blocks: tuple[str, ...],
                        times: list[float], pooling: str = "mean", seed: int = 0, resample: bool = False,
-                       normalize: bool = False, batch_size: int = 250, autocast: bool = True,
+                       noise_draws: int = 1, normalize: bool = False, batch_size: int = 250, autocast: bool = True,
                        progress: bool = True) -> dict[tuple[str, float], torch.Tensor]:
-    """``{(block, t): N×D float32 features}`` of ``uint8`` images; one forward per (batch, t) taps every block."""
+    """``{(block, t): N×D float32 features}`` of ``uint8`` images; one forward per (batch, t, draw) taps
+    every block; the pooled features are averaged over the ``noise_draws`` draws of ε."""
+    if noise_draws < 1:
+        raise DiffrepError(f"noise_draws must be at least 1, got {noise_draws}")
     device = next(net.parameters()).device
     denoiser = process.denoiser(net, autocast)
     out: dict[tuple[str, float], list[torch.Tensor]] = {(b, t): [] for b in blocks for t in times}
@@ -74,10 +80,13 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
         x0 = to_model_range(images[start:start + batch_size]).to(device)
         cond = torch.full((len(x0),), NULL_LABEL, device=device) if getattr(net, "num_classes", 0) else None
         for j, t in enumerate(times):
-            eps = _noise(tuple(x0.shape), seed, start, j if resample else None).to(device)
             tt = torch.full((len(x0),), float(t), device=device)
-            hidden = denoiser.hidden(process.corrupt(x0, tt, eps), tt, cond, blocks)
+            mean = dict.fromkeys(blocks, 0.0)
+            for d in range(noise_draws):
+                eps = _noise(tuple(x0.shape), seed, start, j if resample else None, d).to(device)
+                hidden = denoiser.hidden(process.corrupt(x0, tt, eps), tt, cond, blocks)
+                for b in blocks:
+                    mean[b] = mean[b] + pool(hidden[b].float(), pooling) / noise_draws
             for b in blocks:
-                f = pool(hidden[b].float(), pooling)
-                out[b, t].append(F.normalize(f, dim=1) if normalize else f)
+                out[b, t].append(F.normalize(mean[b], dim=1) if normalize else mean[b])
     return {k: torch.cat(v).cpu() for k, v in out.items()}

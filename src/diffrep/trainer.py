@@ -146,10 +146,15 @@ def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes
     return net
 
 
-def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """AdamW with the chosen kernel: ``fused`` (one kernel for all tensors), ``foreach`` or ``for-loop``."""
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter],
+                   head_params: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """AdamW with the chosen kernel: ``fused`` (one kernel for all tensors), ``foreach`` or ``for-loop``.
+
+    Plug-in heads get a parameter group of their own: under FSDP the net's parameters are
+    ``DTensor`` shards, and one multi-tensor kernel cannot mix them with plain tensors."""
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[cfg.adamw_impl]
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, **impl)
+    groups = [{"params": list(params)}] + ([{"params": list(head_params)}] if head_params else [])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, **impl)
 
 
 class CompiledOrEager(nn.Module):
@@ -200,26 +205,40 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.net = build_model(cfg, self.data.shape, self.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
-        self.train_net = self.net if self.world.size == 1 else nn.parallel.DistributedDataParallel(self.net)
         for p in self.plugins:
             p.setup(self.net, self.ema, self.process, self.data.shape)
         for p in self.plugins:
             p.check_taps({t for other in self.plugins if other is not p for t in other.taps})
         self.plugins.to(self.device)
-        self.head_params = [p for p in self.plugins.parameters() if p.requires_grad]
-        self.params = [p for p in self.net.parameters() if p.requires_grad] + self.head_params
-        self.optimizer = make_optimizer(cfg, self.params)
-        self.forward_net = CompiledOrEager(self.train_net) if cfg.compile else self.train_net
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
         self.autocast = cfg.precision == "bf16"
         self.step = 0
         self._eval_sets = None
-        self._prepare_run_dir(resume)
+        ckpt = self._open_run_dir(resume)
         if not resume:
-            self._initialize_plugins()
+            self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
+        if cfg.fsdp and self.world.size == 1:
+            warnings.warn("--fsdp shards the net over torchrun's processes; with one process it trains unsharded",
+                          stacklevel=2)
+        self.sharded = cfg.fsdp and self.world.size > 1
+        if self.sharded:
+            for module in (self.net, self.ema):
+                distributed.shard(module, module.shard_units)
+            self.train_net = self.net
+        else:
+            self.train_net = self.net if self.world.size == 1 else nn.parallel.DistributedDataParallel(self.net)
+        self.head_params = [p for p in self.plugins.parameters() if p.requires_grad]
+        net_params = [p for p in self.net.parameters() if p.requires_grad]
+        self.params = net_params + self.head_params
+        self.optimizer = make_optimizer(cfg, net_params, self.head_params)
+        self.forward_net = CompiledOrEager(self.train_net) if cfg.compile else self.train_net
+        if resume:
+            self._load(ckpt)
+        self._write_run_files()
 
     # ---- run directory -------------------------------------------------------------
-    def _prepare_run_dir(self, resume: bool) -> None:
+    def _open_run_dir(self, resume: bool):
+        """Check the run folder before any work: the checkpoint to resume from (``None`` for a new run)."""
         ckpt = latest_checkpoint(self.out)
         if resume:
             if ckpt is None:
@@ -229,10 +248,12 @@ class Trainer:
             if diff:
                 raise DiffrepError(f"--resume: the checkpoint in {self.out} was trained with a different config ({'; '.join(diff)}); "
                                    "use the same options or a new --out")
-            self._load(ckpt)
         elif ckpt is not None or (self.out / "config.yaml").exists():
             raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out")
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
+        return ckpt
+
+    def _write_run_files(self) -> None:
         if self.world.is_main:
             save_config(self.cfg, self.out / "config.yaml")
             with atomic_write(self.out / "model.json", "w") as f:
@@ -267,26 +288,39 @@ class Trainer:
             f.write("".join(ln + "\n" for ln in lines))
 
     def _load(self, ckpt) -> None:
-        self.net.load_state_dict(ckpt.weights("model"))
-        self.ema.load_state_dict(ckpt.weights("ema"))
+        for module, name in ((self.net, "model"), (self.ema, "ema")):
+            module.load_state_dict(distributed.shard_state_like(ckpt.weights(name), module.state_dict()))
         if self.plugins:
             self.plugins.load_state_dict(ckpt.weights("heads"))
         state = ckpt.state()
-        self.optimizer.load_state_dict(state["optimizer"])
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.optimizer.load_state_dict(distributed.shard_optimizer_state(state["optimizer"], params))
         for p, s in zip(self.plugins, state.get("plugins", [])):
             p.load_extra_state(s)
         self.step = int(state["step"])
 
     def save(self) -> Path | None:
-        """Checkpoint the current step (rank 0 writes; other ranks hold identical state)."""
+        """Checkpoint the current step: rank 0 writes full tensors (under FSDP every rank helps gather them)."""
+        weights = {"model": distributed.full_state(self.net.state_dict()),
+                   "ema": distributed.full_state(self.ema.state_dict())}
+        optimizer = distributed.full_state(self.optimizer.state_dict())
         if not self.world.is_main:
             return None
-        weights = {"model": self.net.state_dict(), "ema": self.ema.state_dict()}
         if self.plugins:
             weights["heads"] = self.plugins.state_dict()
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                 "plugins": [p.extra_state() for p in self.plugins]}
+        state = {"step": self.step, "optimizer": optimizer, "plugins": [p.extra_state() for p in self.plugins]}
         return save_checkpoint(self.out, self.step, weights, state, self.cfg.identity(), self.cfg.keep_last)
+
+    @torch.no_grad()
+    def sampling_net(self) -> nn.Module:
+        """The EMA net to sample from: itself, or under FSDP an unsharded copy on every rank (collective),
+        so that each rank can sample its own share without waiting on the others."""
+        if not self.sharded:
+            return self.ema
+        with torch.random.fork_rng(devices=[]):     # building a net draws initial weights: keep training's RNG
+            net = build_model(self.cfg, self.data.shape, self.num_classes).to(self.device)
+        net.load_state_dict(distributed.full_state(self.ema.state_dict()))
+        return net.requires_grad_(False).eval()
 
     # ---- one step ----------------------------------------------------------------------
     def train_step(self, step: int) -> torch.Tensor:
@@ -313,7 +347,7 @@ class Trainer:
             for p in self.plugins:
                 mb = p.transform_batch(mb, step, g)
             last = k == cfg.grad_accum - 1
-            with contextlib.nullcontext() if last or self.world.size == 1 else self.train_net.no_sync():
+            with self._gradient_sync(last):
                 out = denoising_loss(denoiser, mb, taps)
                 loss = out.total
                 for p in self.plugins:
@@ -331,11 +365,18 @@ class Trainer:
                 p.grad = torch.zeros_like(p)
         distributed.average_gradients(self.head_params)     # DDP averages the net's; the heads are outside it
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            distributed.clip_grad_norm(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema(step)
         return total
+
+    def _gradient_sync(self, last: bool):
+        """Average gradients over ranks only after the last micro-batch of a step."""
+        if self.sharded:
+            self.net.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last or self.world.size == 1 else self.train_net.no_sync()
 
     @torch.no_grad()
     def _update_ema(self, step: int) -> None:
@@ -387,7 +428,7 @@ class Trainer:
                 if boundary[1] or self.step == cfg.steps:
                     self.save()
                     last_good = self.step
-                if boundary[2] and self.world.is_main:
+                if boundary[2]:
                     self.save_grid()
                 if boundary[3] or (cfg.eval_every and self.step == cfg.steps):
                     self.evaluate(writer)
@@ -435,7 +476,7 @@ class Trainer:
                                load_encoders(cfg.eval_encoders.split(",")))
         ref, train, encoders = self._eval_sets
         labels = make_labels("balanced", cfg.eval_samples, self.num_classes) if self.num_classes else None
-        chunks = generate(self.ema, self.process, self.data.shape, cfg.eval_samples, sampler=cfg.grid_sampler,
+        chunks = generate(self.sampling_net(), self.process, self.data.shape, cfg.eval_samples, sampler=cfg.grid_sampler,
                           steps=cfg.grid_steps, seed=cfg.seed, labels=labels, autocast=self.autocast,
                           chunks=lambda j: j % self.world.size == self.world.rank, progress=False)
         images = distributed.broadcast_from_main(distributed.gather_chunks(chunks))
@@ -453,12 +494,17 @@ class Trainer:
         return rows
 
     @torch.no_grad()
-    def save_grid(self, n: int = 64) -> Path:
-        """A PNG grid of EMA samples with fixed noise (class ``i mod C`` in cell ``i``)."""
+    def save_grid(self, n: int = 64) -> Path | None:
+        """A PNG grid of EMA samples with fixed noise (class ``i mod C`` in cell ``i``), drawn by rank 0.
+
+        Every rank calls it: under FSDP gathering the EMA weights is collective."""
+        net = self.sampling_net()
+        if not self.world.is_main:
+            return None
         cond = torch.arange(n, device=self.device) % self.num_classes if self.num_classes else None
         ts = self.process.time_grid(self.cfg.grid_steps)
         x = initial_noise(self.process, (n, *self.data.shape), ts[0], torch.Generator().manual_seed(self.cfg.seed), self.device)
-        x = get_sampler(self.cfg.grid_sampler)(self.process.denoiser(self.ema, self.autocast), x, ts, cond=cond)
+        x = get_sampler(self.cfg.grid_sampler)(self.process.denoiser(net, self.autocast), x, ts, cond=cond)
         path = self.out / "grids" / f"step_{self.step:07d}.png"
         save_grid(to_uint8(x.cpu()), path, nrow=self.num_classes or None)
         return path

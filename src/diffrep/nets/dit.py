@@ -77,6 +77,8 @@ class DiTBlock(nn.Module):
 class DiT(nn.Module):
     """Diffusion transformer; ``forward(x, t, cond, taps=()) -> (out, {tap: hidden})``."""
 
+    shard_units = (DiTBlock,)       # what ``--fsdp`` shards (and gathers) one at a time
+
     def __init__(
         self,
         image_size: int = 32,

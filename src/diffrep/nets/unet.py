@@ -80,6 +80,8 @@ class Block(nn.Module):
 class UNet(nn.Module):
     """``forward(x, t, cond, taps=()) -> (out, {tap: hidden})``."""
 
+    shard_units = (Block,)          # what ``--fsdp`` shards (and gathers) one at a time
+
     def __init__(
         self,
         image_size: int = 32,
