@@ -493,7 +493,8 @@ def _run_features(a) -> int:
     blocks = resolve_blocks(a.blocks, net.tap_names)
     feats = diffusion_features(net, process, images.images, blocks=blocks, times=_floats(a.t, "--t"), pooling=a.pool,
                                seed=a.seed, resample=a.resample_noise, noise_draws=a.noise_draws,
-                               normalize=a.l2_normalize, batch_size=a.batch_size, autocast=cfg.precision == "bf16", progress=not a.no_progress)
+                               normalize=a.l2_normalize, batch_size=a.batch_size, autocast=cfg.precision == "bf16",
+                               progress=not a.no_progress)
     spec = json.dumps({"run": str(a.source), "data": images.name, "pool": a.pool, "seed": a.seed,
                        "resample_noise": a.resample_noise, "noise_draws": a.noise_draws, "l2_normalize": a.l2_normalize})
     save_npz(a.out, spec=np.array(spec), **{f"{b}@t={t:g}": f.numpy() for (b, t), f in feats.items()})

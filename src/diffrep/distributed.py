@@ -6,7 +6,8 @@ Nothing here is a home-made distributed system: ``torchrun`` starts the processe
 ``DistributedDataParallel`` — or, with ``--fsdp``, shards it with FSDP2's ``fully_shard``
 (:func:`shard`): parameters, gradients, optimizer and EMA state are split over the ranks and
 gathered block by block for each forward.  Checkpoints hold full tensors either way
-(:func:`full_state` / :func:`shard_state_like`), so a run may switch between the two.  A rank that fails ends the job: torchrun stops the other
+(:func:`full_state` / :func:`shard_state_like`), so a run may switch between the two.
+A rank that fails ends the job: torchrun stops the other
 workers, and a collective that waits longer than ``timeout`` raises instead of hanging.
 """
 
