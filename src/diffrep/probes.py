@@ -49,11 +49,12 @@ class SoftmaxHeads(nn.Module):
     The weight decay is AdamW's decoupled one (``p ← p·(1 − lr·wd)`` before the Adam update,
     on weights and biases), applied here per head so that one optimiser serves every head."""
 
-    def __init__(self, dim: int, classes: int, weight_decays: tuple[float, ...]):
+    def __init__(self, dim: int, classes: int, weight_decays: tuple[float, ...], generator: torch.Generator):
         super().__init__()
-        bound = 1 / math.sqrt(dim)          # nn.Linear's initialisation
-        self.weight = nn.Parameter(torch.empty(len(weight_decays), classes, dim).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(len(weight_decays), classes).uniform_(-bound, bound))
+        bound = 1 / math.sqrt(dim)          # nn.Linear's initialisation, from the probe's own generator
+        self.weight = nn.Parameter(torch.empty(len(weight_decays), classes, dim).uniform_(-bound, bound,
+                                                                                          generator=generator))
+        self.bias = nn.Parameter(torch.empty(len(weight_decays), classes).uniform_(-bound, bound, generator=generator))
         self.register_buffer("weight_decay", torch.tensor(weight_decays))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ def _fit_heads(features: dict[object, torch.Tensor], y: torch.Tensor, decays: di
                classes: int, *, epochs: int, batch_size: int, lr: float, g: torch.Generator) -> dict[object, SoftmaxHeads]:
     """For each feature set, one head per weight decay in ``decays[k]``; every head trained in one loop
     on the same shuffled batches (AdamW, cosine learning rate)."""
-    heads = {k: SoftmaxHeads(features[k].shape[1], classes, wds) for k, wds in decays.items()}
+    heads = {k: SoftmaxHeads(features[k].shape[1], classes, wds, g) for k, wds in decays.items()}
     opt = torch.optim.AdamW([p for h in heads.values() for p in h.parameters()], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(len(y) / batch_size))
     for _ in range(epochs):
