@@ -49,14 +49,18 @@ def guidance(spec: str) -> dict:
     return {"cfg": float(scale), **({"cfg_interval": tuple(float(v) for v in interval.split(","))} if interval else {})}
 
 
+def guided_rows(run: Path, n: int, sampler: str, specs: list[str], step: int, minutes: float) -> list[dict]:
+    """One judged row per ``--cfg`` spec on the run's current weights."""
+    return [{"step": step, "train_minutes": minutes, **judge_run(run, n, sampler, **guidance(spec))} for spec in specs]
+
+
 def add_guidance(name: str, run: Path, specs: list[str], n: int, sampler: str) -> None:
     """Judge more guidance settings on the last checkpoint of an earlier call's run; add them to its JSON."""
     result = json.loads((RESULTS / f"{name}.json").read_text())
     last = result["curve_no_cfg"][-1]
     for row in result["final_cfg"]:
         row.setdefault("sampler", "euler:50")          # rows from before --sampler existed
-    result["final_cfg"] += [{"step": last["step"], "train_minutes": last["train_minutes"],
-                             **judge_run(run, n, sampler, **guidance(spec))} for spec in specs]
+    result["final_cfg"] += guided_rows(run, n, sampler, specs, last["step"], last["train_minutes"])
     result["command_add_guidance"] = "python " + " ".join(sys.argv)
     print(table(result["final_cfg"], ["step", "sampler", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ratio"]))
     print(f"→ {write_result(name, {k: v for k, v in result.items() if k != 'machine'})}")
@@ -72,8 +76,7 @@ def extend(name: str, run: Path, steps: int, specs: list[str], n: int, sampler: 
     Trainer(cfg, run, resume=True, progress=False).run()
     minutes = round(last["train_minutes"] + (time.perf_counter() - start) / 60, 2)
     result["curve_no_cfg"].append({"step": steps, "train_minutes": minutes, **judge_run(run, n)})
-    result["final_cfg"] += [{"step": steps, "train_minutes": minutes, **judge_run(run, n, sampler, **guidance(spec))}
-                            for spec in specs]
+    result["final_cfg"] += guided_rows(run, n, sampler, specs, steps, minutes)
     result["config"] = vars(cfg)
     result["command_extend"] = "python " + " ".join(sys.argv)
     print(table(result["curve_no_cfg"] + result["final_cfg"],
@@ -119,8 +122,7 @@ def main() -> None:
         rows.append(row)
         print(f"step {steps}: {train_seconds / 60:.1f} min, accuracy {row['accuracy']:.4f}, FD_ref {row['fd_ref']:.3f} "
               f"(ratio {row['fd_ratio']:.2f})", file=sys.stderr)
-    guided = [{"step": rows[-1]["step"], "train_minutes": rows[-1]["train_minutes"], **judge_run(run, a.n, a.sampler, **guidance(spec))}
-              for spec in a.cfg or ["1.5"]]
+    guided = guided_rows(run, a.n, a.sampler, a.cfg or ["1.5"], rows[-1]["step"], rows[-1]["train_minutes"])
     columns = ["step", "train_minutes", "sampler", "cfg", "cfg_interval", "nfe", "accuracy", "fd_ref", "fd_ref_train_vs_test",
                "fd_ratio"]
     print(table(rows + guided, columns))
