@@ -113,10 +113,10 @@ def main() -> None:
                      "overhead": arm["seconds_per_step"] / base["seconds_per_step"] - 1})
     print(table(rows, ["arm", "final_fd_ref", "final_accuracy", "steps_to_baseline_final",
                        "fraction_of_baseline_steps", "sec_per_step", "overhead"]))
-    plot(arms, RESULTS / f"{a.name}.png")
     path = write_result(a.name, {"preset": a.preset, "milestones": milestones, "n_samples": a.n,
                                     "sampler": "euler, 50 steps, no CFG", "jobs": a.jobs, "summary": rows, "arms": arms,
                                     "command": "python " + " ".join(sys.argv)})
+    plot(arms, RESULTS / f"{a.name}.png")
     print(f"→ {path}, {RESULTS / f'{a.name}.png'}")
 
 
