@@ -16,7 +16,7 @@ from diffrep.checkpoint import latest_checkpoint, list_checkpoints
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.plugins import Plugin
-from diffrep.trainer import Trainer, TrainingDiverged
+from diffrep.trainer import CompiledOrEager, Trainer, TrainingDiverged, build_model
 
 
 def weights(run) -> dict[str, torch.Tensor]:
@@ -213,3 +213,25 @@ def test_deterministic_selects_deterministic_kernels_and_may_change_on_resume(tm
     assert calls == []
     Trainer(make_config(vars(base), {"steps": 4, "deterministic": True}), tmp_path / "run", resume=True, progress=False).run()
     assert calls == [True]
+
+
+def test_compiled_unet_gets_the_gradients_of_eager_under_bf16():
+    """Inductor's layout optimisation (torch 2.13, CPU, bf16 autocast) gave zero gradients to every
+    U-Net layer below the top level once a block, an upsampling and a skip concatenation met:
+    `--compile` trained only the outer level.  ``CompiledOrEager`` switches that pass off."""
+    torch.manual_seed(0)
+    net = build_model(make_config(preset("quickstart"), {}), (1, 32, 32), 10)
+    with torch.no_grad():                                    # the zero-initialised output layers too
+        for p in net.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    x, t, y = torch.randn(4, 1, 32, 32), torch.rand(4), torch.randint(0, 10, (4,))
+
+    def gradients(forward) -> dict[str, torch.Tensor]:
+        net.zero_grad()
+        with torch.autocast("cpu", torch.bfloat16):
+            forward(x, t, y)[0].float().pow(2).mean().backward()
+        return {k: p.grad.clone() for k, p in net.named_parameters()}
+
+    eager, compiled = gradients(net), gradients(CompiledOrEager(net))
+    for k in eager:
+        assert (compiled[k] - eager[k]).norm() <= 0.05 * eager[k].norm(), k

@@ -71,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-checkpoint", action="store_true", default=None,
                    help="activation checkpointing per block: less memory, ~30%% more compute")
     t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout")
-    t.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails)")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails; "
+                        "on in the quickstart preset)")
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic GPU kernels, so a resumed CUDA run is bit-identical too (slower; the CPU always is)")
     t.add_argument("--fsdp", action="store_true", default=None,
@@ -604,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted: the run's last checkpoint is on disk; continue with --resume", file=sys.stderr)
             return 130
+        finally:
+            distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -65,6 +65,13 @@ def init_from_env(device: str = "auto", timeout_s: float = 600.0) -> World:
     return current()
 
 
+def shutdown() -> None:
+    """Leave the process group (local, not a collective): without it a gloo rank could abort at
+    interpreter exit ("terminate called without an active exception") while its threads wind down."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every rank (no-op for one process)."""
     if current().size > 1:

@@ -162,12 +162,15 @@ class CompiledOrEager(nn.Module):
 
     Compilation happens at the first call (and on new shapes); if the backend is missing or fails
     (no C++ compiler, an unsupported op), training goes on in eager mode instead of stopping.
+    Inductor's layout optimisation (its own channels-last conversion of convolution graphs) is off:
+    under CPU bf16 autocast (torch 2.13) it zeroed the gradients of every U-Net level below the top
+    one (a test compares with eager); ``--channels-last`` sets that layout explicitly instead.
     """
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
-        self.compiled = torch.compile(module)
+        self.compiled = torch.compile(module, options={"layout_optimization": False})
         self.failed = False
 
     def forward(self, *args, **kwargs):
