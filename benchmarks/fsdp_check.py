@@ -59,7 +59,7 @@ def max_difference(run: Path, reference: Path) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--nproc", type=int, default=1, help="processes for the FSDP runs (one per GPU)")
+    p.add_argument("--nproc", type=int, default=2, help="processes for the FSDP runs (one per GPU; at least 2)")
     p.add_argument("--preset", default="dit-tiny")
     p.add_argument("--model", help="override the preset's net")
     p.add_argument("--steps", type=int, default=60)
