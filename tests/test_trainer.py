@@ -235,3 +235,11 @@ def test_compiled_unet_gets_the_gradients_of_eager_under_bf16():
     eager, compiled = gradients(net), gradients(CompiledOrEager(net))
     for k in eager:
         assert (compiled[k] - eager[k]).norm() <= 0.05 * eager[k].norm(), k
+
+
+def test_channels_last_with_compile_is_refused_on_the_cpu(tmp_path):
+    """In channels-last memory the same Inductor bug remains (layout optimisation off or on)."""
+    cfg = make_config(preset("smoke"), {"channels_last": True, "compile": True})
+    with pytest.raises(DiffrepError, match="--channels-last with --compile"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

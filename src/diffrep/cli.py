@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast (default) or full fp32")
     t.add_argument("--grad-checkpoint", action="store_true", default=None,
                    help="activation checkpointing per block: less memory, ~30%% more compute")
-    t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout")
+    t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout (not with --compile on the CPU)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails; "
                         "on in the quickstart preset)")

@@ -164,7 +164,8 @@ class CompiledOrEager(nn.Module):
     (no C++ compiler, an unsupported op), training goes on in eager mode instead of stopping.
     Inductor's layout optimisation (its own channels-last conversion of convolution graphs) is off:
     under CPU bf16 autocast (torch 2.13) it zeroed the gradients of every U-Net level below the top
-    one (a test compares with eager); ``--channels-last`` sets that layout explicitly instead.
+    one (a test compares with eager).  In channels-last memory the bug remains either way, so the
+    trainer refuses ``--channels-last`` with ``--compile`` on the CPU.
     """
 
     def __init__(self, module: nn.Module):
@@ -199,6 +200,9 @@ class Trainer:
                                f"= {self.world.size} × {cfg.grad_accum}")
         self.cfg, self.out, self.progress = cfg, Path(out), progress and self.world.is_main
         self.device = pick_device(device)
+        if cfg.compile and cfg.channels_last and self.device.type == "cpu":
+            raise DiffrepError("--channels-last with --compile on the CPU: Inductor (torch 2.13) computes wrong U-Net "
+                               "gradients in that layout; drop --channels-last (it is slower on the CPU anyway)")
         if cfg.deterministic:
             use_deterministic_kernels()
         self.plugins = nn.ModuleList(build_plugins(cfg.plugins) if plugins is None else plugins)
