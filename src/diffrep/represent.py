@@ -79,11 +79,12 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
     for start in tqdm(starts, desc="features", unit="batch", disable=not progress):
         x0 = to_model_range(images[start:start + batch_size]).to(device)
         cond = torch.full((len(x0),), NULL_LABEL, device=device) if getattr(net, "num_classes", 0) else None
+        shared = None if resample else [_noise(tuple(x0.shape), seed, start, None, d).to(device) for d in range(noise_draws)]
         for j, t in enumerate(times):
             tt = torch.full((len(x0),), float(t), device=device)
             mean = dict.fromkeys(blocks, 0.0)
             for d in range(noise_draws):
-                eps = _noise(tuple(x0.shape), seed, start, j if resample else None, d).to(device)
+                eps = shared[d] if shared else _noise(tuple(x0.shape), seed, start, j, d).to(device)
                 hidden = denoiser.hidden(process.corrupt(x0, tt, eps), tt, cond, blocks)
                 for b in blocks:
                     mean[b] = mean[b] + pool(hidden[b].float(), pooling) / noise_draws
