@@ -15,6 +15,7 @@ of synchronising calls PyTorch's sync debug mode reports in one step).
     python benchmarks/throughput.py
     python benchmarks/throughput.py --models DiT-S/4 --variants default,compile --steps 5
     python benchmarks/throughput.py --device cuda --models DiT-B/2 --batch-size 256 --variants default,compile
+    python benchmarks/throughput.py --models DiT-S/4 --variants compile --profile   # where a step's time goes
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 
 import torch
 from _common import matmul_peak, synchronize, table, write_result
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffrep.config import make_config, preset
@@ -84,7 +86,22 @@ def model_flops_per_image(trainer: Trainer) -> float:
     return counter.get_total_flops()
 
 
-def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, device: torch.device) -> dict:
+def profile_step(trainer: Trainer, step: int, top: int = 8) -> list[dict]:
+    """The ops with the most self time (device time on a GPU) in one trainer step, by ``torch.profiler``.
+    Under ``compile``, Inductor's fused kernels show up as ``CompiledFxGraph`` calls."""
+    cuda = trainer.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        trainer.train_step(step)
+        synchronize(trainer.device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in ops)
+    return [{"op": e.key[:50], "ms": round(getattr(e, key) / 1000, 1), "share": round(getattr(e, key) / total, 3)}
+            for e in ops[:top]]
+
+
+def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+            with_profile: bool = False) -> dict:
     preset_name, overrides = ROWS[name]
     with tempfile.TemporaryDirectory() as out:
         data = {"data": str(latent_dataset(Path(out)))} if name in LATENT_ROWS else {}
@@ -102,6 +119,7 @@ def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, d
             loss = trainer.train_step(s)
         float(loss)
         seconds = (time.perf_counter() - start) / steps
+        ops = profile_step(trainer, warmup + 1 + steps) if with_profile else None
     params = sum(p.numel() for p in trainer.net.parameters() if p.requires_grad)
     compiled = getattr(trainer.forward_net, "failed", None)
     return {"model": cfg.model, "params_M": round(params / 1e6, 2), "variant": variant, "precision": cfg.precision,
@@ -109,7 +127,8 @@ def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, d
             "gflop_per_img": round(flops / 1e9, 3), "achieved_gflop_s": round(flops * batch_size / seconds / 1e9, 1),
             **({"host_syncs": syncs, "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1)}
                if device.type == "cuda" else {}),
-            **({"compile_fell_back": compiled} if compiled is not None else {})}
+            **({"compile_fell_back": compiled} if compiled is not None else {}),
+            **({"profile": ops} if ops else {})}
 
 
 def main() -> None:
@@ -121,6 +140,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--profile", action="store_true", help="also profile one step per row: the ops that took the most time")
     p.add_argument("--name", default=None, help="result name (default: throughput, or throughput_cuda on a GPU)")
     a = p.parse_args()
     device = torch.device(a.device)
@@ -131,9 +151,11 @@ def main() -> None:
         for variant in a.variants.split(","):
             if variant == "channels-last" and not name == "quickstart":
                 continue        # a U-Net option
-            row = measure(name, variant, a.batch_size, a.steps, a.warmup, device)
+            row = measure(name, variant, a.batch_size, a.steps, a.warmup, device, a.profile)
             rows.append(row)
             print(f"{row['model']} {variant}: {row['img_per_s']} img/s, {row['achieved_gflop_s']} GFLOP/s", file=sys.stderr)
+            if a.profile:
+                print(table(row["profile"], ["op", "ms", "share"]))
     # measured again after the rows: the larger of the two is the peak (robust to a busy moment)
     peak = {k: max(v, matmul_peak(torch.bfloat16 if k == "bf16" else torch.float32, device)) for k, v in peak.items()}
     for row in rows:
