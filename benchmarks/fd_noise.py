@@ -22,7 +22,6 @@ weights. The other rows are drawn with the first seed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,12 +29,11 @@ import torch
 from _common import table, write_result
 
 from diffrep.checkpoint import list_checkpoints, verify
-from diffrep.config import load_run_config
 from diffrep.data import ImageSet
+from diffrep.distributed import gather_chunks
 from diffrep.generate import generate, make_labels
-from diffrep.processes import make_process
 from diffrep.reference import judge
-from diffrep.trainer import build_model
+from diffrep.trainer import load_run
 
 
 def power_average(snapshots: list[tuple[int, dict]], gamma: float, parity: int | None) -> dict[str, torch.Tensor]:
@@ -66,21 +64,17 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--name", default="fd_noise")
     a = p.parse_args()
-    cfg = load_run_config(a.run)
-    info = json.loads((a.run / "model.json").read_text())
+    net, process, _, info = load_run(a.run, device="cpu")
     checkpoints = {c.step: c for c in (verify(path) for path in list_checkpoints(a.run))}
     snapshots = [(step, c.weights("model")) for step, c in sorted(checkpoints.items())]
-    net = build_model(cfg, tuple(info["image_shape"]), info["num_classes"]).eval()
-    process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
     seeds = [int(s) for s in a.seeds.split(",")]
     rows = []
     for i, row in enumerate(a.rows.split(",")):
         net.load_state_dict(weights_for(row, checkpoints, snapshots))
         for seed in seeds if i == 0 else seeds[:1]:
             labels = make_labels("balanced", a.n, info["num_classes"], seed)
-            chunks = generate(net, process, tuple(info["image_shape"]), a.n, sampler="euler", steps=50, seed=seed,
-                              labels=labels, cfg_scale=a.cfg, progress=False)
-            images = torch.cat([chunks[j] for j in sorted(chunks)])
+            images = gather_chunks(generate(net, process, tuple(info["image_shape"]), a.n, sampler="euler", steps=50,
+                                            seed=seed, labels=labels, cfg_scale=a.cfg, progress=False))
             verdict = judge(ImageSet(images, labels, info["num_classes"], row)).as_dict()
             rows.append({"weights": row, "seed": seed, **verdict})
             print(f"{row} seed {seed}: FD_ref {verdict['fd_ref']:.3f}", file=sys.stderr)
