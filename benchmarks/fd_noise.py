@@ -48,7 +48,10 @@ def power_average(snapshots: list[tuple[int, dict]], gamma: float, parity: int |
 def weights_for(row: str, checkpoints: dict, snapshots: list[tuple[int, dict]]) -> dict[str, torch.Tensor]:
     kind, _, value = row.partition(":")
     if kind.startswith("ema@"):
-        return checkpoints[int(kind[4:])].weights("ema")
+        step = int(kind[4:])
+        if step not in checkpoints:
+            sys.exit(f"row {row!r}: the run has no checkpoint at step {step} (it has {min(checkpoints)}…{max(checkpoints)})")
+        return checkpoints[step].weights("ema")
     parity = {"power": None, "power-a": 0, "power-b": 1}.get(kind, -1)
     if parity == -1 or not value:
         sys.exit(f"unknown row {row!r}: use ema@STEP, power:G, power-a:G or power-b:G")

@@ -35,7 +35,8 @@ def mean_train_speed(run: Path) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--warm", action="store_true", help="reuse this machine's Inductor cache (compiling then takes seconds, not about 47)")
+    p.add_argument("--warm", action="store_true",
+                   help="reuse this machine's Inductor cache (compiling then takes seconds, not about 47)")
     a = p.parse_args()
     shutil.rmtree(RUN, ignore_errors=True)
     with tempfile.TemporaryDirectory() as cache:
@@ -49,8 +50,8 @@ def main() -> None:
     print(f"training {result['train_seconds'] / 60:.2f} min ({result['steps']} steps, {speed} img/s); "
           f"whole command {wall / 60:.2f} min")
     print(table(rows, ["samples", "n", "accuracy", "fd_ref", "fd_ref_train_vs_test", "fd_ratio"]))
-    path = write_result("quickstart", {**result, "train_img_per_s": speed, "command_seconds": round(wall, 1), "run": str(RUN),
-                                       "inductor_cache": "warm" if a.warm else "cold",
+    path = write_result("quickstart", {**result, "train_img_per_s": speed, "command_seconds": round(wall, 1),
+                                       "run": str(RUN), "inductor_cache": "warm" if a.warm else "cold",
                                        "command": "python benchmarks/quickstart.py" + (" --warm" if a.warm else "")})
     print(f"→ {path}")
 
