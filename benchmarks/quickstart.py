@@ -2,10 +2,13 @@
 
 Runs the command exactly as a user does (a fresh process), then copies the run's
 ``quickstart.json`` (training seconds; accuracy and FD_ref of 1,000 class-balanced
-samples at 50 Euler steps, without and with CFG 1.5) into ``results/quickstart.json``.
+samples at 50 Euler steps, without and with CFG 1.5) into ``results/<--name>.json``, with the
+machine's training speed during the run.  Compiled runs start from an empty Inductor cache, as
+on a fresh machine, unless ``--warm``.
 
-    python benchmarks/quickstart.py            # as on a fresh machine: an empty Inductor cache
-    python benchmarks/quickstart.py --warm     # reuse this machine's compiled kernels
+    python benchmarks/quickstart.py                                        # the preset as it is (eager)
+    python benchmarks/quickstart.py --compile --name quickstart-compiled   # compiled, with an empty Inductor cache
+    python benchmarks/quickstart.py --compile --warm                       # reuse this machine's compiled kernels
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from _common import table, write_result
 
@@ -37,12 +42,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--warm", action="store_true",
                    help="reuse this machine's Inductor cache (compiling then takes seconds, not about 47)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="passed on to diffrep quickstart (default: the preset's setting)")
+    p.add_argument("--name", default="quickstart", help="result name")
     a = p.parse_args()
     shutil.rmtree(RUN, ignore_errors=True)
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ) if a.warm else {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "diffrep", "quickstart", "--out", str(RUN)], check=True, env=env)
+        compile_flag = [] if a.compile is None else ["--compile" if a.compile else "--no-compile"]
+        subprocess.run([sys.executable, "-m", "diffrep", "quickstart", "--out", str(RUN), *compile_flag], check=True, env=env)
         wall = time.perf_counter() - start
     result = json.loads((RUN / "quickstart.json").read_text())
     rows = [{"samples": name, **r} for name, r in result["results"].items()]
@@ -50,9 +59,10 @@ def main() -> None:
     print(f"training {result['train_seconds'] / 60:.2f} min ({result['steps']} steps, {speed} img/s); "
           f"whole command {wall / 60:.2f} min")
     print(table(rows, ["samples", "n", "accuracy", "fd_ref", "fd_ref_train_vs_test", "fd_ratio"]))
-    path = write_result("quickstart", {**result, "train_img_per_s": speed, "command_seconds": round(wall, 1),
-                                       "run": str(RUN), "inductor_cache": "warm" if a.warm else "cold",
-                                       "command": "python benchmarks/quickstart.py" + (" --warm" if a.warm else "")})
+    compiled = yaml.safe_load((RUN / "config.yaml").read_text())["compile"]
+    path = write_result(a.name, {**result, "train_img_per_s": speed, "command_seconds": round(wall, 1), "run": str(RUN),
+                                 "compile": compiled, "inductor_cache": ("warm" if a.warm else "cold") if compiled else None,
+                                 "command": "python " + " ".join(sys.argv)})
     print(f"→ {path}")
 
 

@@ -113,3 +113,19 @@ def test_sampling_is_reproducible_with_a_seed(cli, tmp_path):
 def test_bad_cfg_interval(cli, tmp_path):
     assert cli("train", *SMOKE, "--steps", 2, "--out", tmp_path)[0] == 0
     assert "lo,hi" in one_line_error(cli("sample", tmp_path, "--cfg", 2, "--cfg-interval", "0.5", "--out", tmp_path / "s.npz"))
+
+
+def test_quickstart_trains_eagerly_samples_and_judges(cli, tmp_path):
+    """The README's main job, shortened: eager by default (compiling costs more than it saves for
+    1,000 steps on a CPU), both sample sets judged, the numbers written."""
+    import json
+
+    import yaml
+
+    code, out, err = cli("quickstart", "--out", tmp_path / "qs", "--steps", 2, "--n", 20)
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "qs" / "config.yaml").read_text())["compile"] is False
+    result = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
+    assert result["steps"] == 2 and set(result["results"]) == {"no CFG, euler 50", "CFG 1.5, euler 50"}
+    assert all(r["n"] == 20 and 0 <= r["accuracy"] <= 1 and r["fd_ref"] > 0 for r in result["results"].values())
+    assert "CFG 1.5, euler 50" in out

@@ -72,8 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="activation checkpointing per block: less memory, ~30%% more compute")
     t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout (not with --compile on the CPU)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails; "
-                        "on in the quickstart preset)")
+                   help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails)")
     t.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic GPU kernels, so a resumed CUDA run is bit-identical too (slower; the CPU always is)")
     t.add_argument("--fsdp", action="store_true", default=None,
@@ -132,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, help="override the preset's step count")
     q.add_argument("--n", type=int, default=1000, help="samples to judge")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
+    q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the net (the preset's default; --no-compile trains eagerly)")
 
     e = sub.add_parser("eval", help="metrics × encoders between generated and reference images", formatter_class=fmt,
                        description="Evaluate GEN against REF. GEN/REF: a folder of images, an .npz (ADM layout: arr_0 "
@@ -377,7 +378,7 @@ def cmd_quickstart(a) -> int:
     from diffrep.reference import judge
     from diffrep.trainer import Trainer
 
-    cfg = make_config(preset("quickstart"), {"steps": a.steps})
+    cfg = make_config(preset("quickstart"), {"steps": a.steps, "compile": a.compile})
     print(f"training preset 'quickstart' ({cfg.model}, {cfg.process}, {cfg.steps} steps on {cfg.data}) → {a.out}")
     start = time.perf_counter()
     Trainer(cfg, a.out, resume=a.resume).run()
