@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import SMOKE, run_cli_process
 
@@ -118,10 +121,6 @@ def test_bad_cfg_interval(cli, tmp_path):
 def test_quickstart_trains_eagerly_samples_and_judges(cli, tmp_path):
     """The README's main job, shortened: eager by default (compiling costs more than it saves for
     1,000 steps on a CPU), both sample sets judged, the numbers written."""
-    import json
-
-    import yaml
-
     code, out, err = cli("quickstart", "--out", tmp_path / "qs", "--steps", 2, "--n", 20)
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "qs" / "config.yaml").read_text())["compile"] is False

@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=int, default=1000, help="samples to judge")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the net (the preset's default; --no-compile trains eagerly)")
+                   help="torch.compile the net (off in the preset: over 1,000 CPU steps compiling costs more than it saves)")
 
     e = sub.add_parser("eval", help="metrics × encoders between generated and reference images", formatter_class=fmt,
                        description="Evaluate GEN against REF. GEN/REF: a folder of images, an .npz (ADM layout: arr_0 "
