@@ -41,7 +41,7 @@ def mean_train_speed(run: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--warm", action="store_true",
-                   help="reuse this machine's Inductor cache (compiling then takes seconds, not about 47)")
+                   help="with --compile: reuse this machine's Inductor cache (compiling then takes seconds, not about 47)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="passed on to diffrep quickstart (default: the preset's setting)")
     p.add_argument("--name", default="quickstart", help="result name")

@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffrep.config import make_config, preset
 from diffrep.trainer import Trainer
 
-ROWS = {"quickstart": ("quickstart", {"compile": False}), "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {}),
+ROWS = {"quickstart": ("quickstart", {}), "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {}),
         "DiT-B/2": ("dit-s4", {"model": "DiT-B/2", "lr": 1e-4})}
 LATENT_ROWS = {"DiT-B/2"}
 """Rows trained on random 4×32×32 latents with 1,000 classes instead of mnist5k."""
