@@ -128,3 +128,42 @@ def test_quickstart_trains_eagerly_samples_and_judges(cli, tmp_path):
     assert result["steps"] == 2 and set(result["results"]) == {"no CFG, euler 50", "CFG 1.5, euler 50"}
     assert all(r["n"] == 20 and 0 <= r["accuracy"] <= 1 and r["fd_ref"] > 0 for r in result["results"].values())
     assert "CFG 1.5, euler 50" in out
+
+
+def test_bad_values_files_and_options_get_one_line_errors(cli, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("lr: 1e-3\nsteps: ten\n")       # YAML reads 1e-3 as a string: accepted
+    from diffrep.config import make_config, read_yaml_config
+
+    assert make_config({"lr": read_yaml_config(tmp_path / "c.yaml")["lr"]}).lr == 0.001
+    assert "steps: expected a whole number, got 'ten'" in one_line_error(
+        cli("train", *SMOKE, "--config", tmp_path / "c.yaml", "--out", tmp_path / "r"))
+    assert "unknown --device 'gpu'" in one_line_error(cli("train", *SMOKE, "--device", "gpu", "--out", tmp_path / "r"))
+    assert "has a fixed size" in one_line_error(cli("train", *SMOKE, "--image-size", 16, "--out", tmp_path / "r"))
+    assert "vp only" in one_line_error(cli("train", *SMOKE, "--prediction", "v", "--out", tmp_path / "r"))
+    assert "needs a value, e.g. depth=2" in one_line_error(cli("train", *SMOKE, "--plugin", "repa:depth", "--out", tmp_path / "r"))
+    assert "must be deeper" in one_line_error(
+        cli("train", *SMOKE, "--plugin", "sra:student_block=3,teacher_block=2", "--out", tmp_path / "r"))
+
+    np.savez(tmp_path / "nchw.npz", arr_0=np.zeros((4, 1, 8, 8), np.uint8))
+    assert "look like N×C×H×W" in one_line_error(cli("judge", tmp_path / "nchw.npz"))
+    np.savez(tmp_path / "labels.npz", arr_0=np.zeros((4, 8, 8, 1), np.uint8), arr_1=np.arange(3))
+    assert "labels must be 4 non-negative integers" in one_line_error(cli("train", *SMOKE, "--data", tmp_path / "labels.npz",
+                                                                          "--out", tmp_path / "r"))
+    (tmp_path / "fake.npz").write_text("not an archive")
+    assert "not a readable .npz" in one_line_error(cli("judge", tmp_path / "fake.npz"))
+    np.savez(tmp_path / "ok.npz", arr_0=np.zeros((4, 32, 32, 1), np.uint8))
+    assert "'refrence' is not among the encoders" in one_line_error(
+        cli("eval", tmp_path / "ok.npz", "mnist5k:test", "--encoder-weights", "refrence=x.pth"))
+
+    with pytest.raises(SystemExit) as e:
+        cli("sample", tmp_path, "--steps", 0, "--out", tmp_path / "s.npz")
+    assert e.value.code == 2 and "argument --steps: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_run_commands_default_to_the_runs_data_and_refuse_other_sizes(cli, tmp_path):
+    assert cli("train", *SMOKE, "--steps", 2, "--out", tmp_path / "run")[0] == 0      # 8×8 digits
+    code, out, _ = cli("classify", tmp_path / "run", "--limit", 10, "--pairs", 2)
+    assert code == 0 and "digits:test" in out
+    assert "trained on (1, 8, 8)" in one_line_error(cli("classify", tmp_path / "run", "--data", "mnist5k", "--limit", 10))
+    assert "trained on (1, 8, 8)" in one_line_error(cli("features", tmp_path / "run", "--data", "mnist5k:test",
+                                                        "--out", tmp_path / "f.npz"))

@@ -60,6 +60,16 @@ def test_flat_folder_is_unconditional_rgb(tmp_path):
     assert data.images.shape == (4, 3, 8, 8) and data.labels is None and data.num_classes == 0
 
 
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(64, dtype=np.uint16) * 1040).reshape(8, 8)      # 0 … 65520
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    data = load_folder(tmp_path)
+    assert data.images.shape == (1, 1, 8, 8)
+    np.testing.assert_array_equal(data.images[0, 0].numpy(), np.rint(ramp / 257.0).astype(np.uint8))
+
+
 def test_corrupt_image_is_skipped_and_reported(tmp_path):
     write_images(tmp_path, 3)
     (tmp_path / "broken.png").write_bytes(b"not a png at all")
@@ -101,3 +111,11 @@ def test_npz_adm_layout(tmp_path):
     np.savez(tmp_path / "bad.npz", mu=np.zeros(3))
     with pytest.raises(DiffrepError, match="arr_0"):
         load_npz(tmp_path / "bad.npz")
+
+
+def test_images_beside_class_folders_are_reported(tmp_path):
+    write_images(tmp_path / "cat", 2)
+    write_images(tmp_path, 3, seed=1)
+    with pytest.warns(UserWarning, match="ignored 3 image"):
+        data = load_folder(tmp_path)
+    assert len(data) == 2 and data.num_classes == 1

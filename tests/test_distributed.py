@@ -92,6 +92,40 @@ def test_a_failing_rank_stops_the_job_instead_of_hanging(tmp_path):
     assert "rank 1 failed on purpose" in done.stderr
 
 
+NAN_ON_RANK_1 = """
+import sys, torch
+from diffrep import distributed
+from diffrep.config import make_config, preset
+from diffrep.plugins import Plugin
+from diffrep.trainer import Trainer, TrainingDiverged
+
+class NanOnRank1(Plugin):
+    name = "nan-on-rank-1"
+
+    def loss_terms(self, batch, output, step, ema):
+        return {"nan": torch.tensor(float("nan") if step >= 6 and distributed.current().rank == 1 else 0.0)}
+
+distributed.init_from_env("cpu")
+try:
+    Trainer(make_config(preset("smoke"), {"steps": 10, "ckpt_every": 5, "log_every": 5}), sys.argv[1],
+            plugins=[NanOnRank1()], progress=False).run()
+except TrainingDiverged as e:
+    print(f"rank {distributed.current().rank} stopped: {e}")
+distributed.shutdown()
+"""
+
+
+def test_a_nan_on_one_rank_stops_every_rank_before_any_checkpoint(tmp_path):
+    script = tmp_path / "nan_on_rank1.py"
+    script.write_text(NAN_ON_RANK_1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} stopped: loss became NaN/inf at step 7" in done.stdout
+    assert latest_checkpoint(tmp_path / "run").step == 5
+
+
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     from diffrep import distributed
     from diffrep.errors import DiffrepError

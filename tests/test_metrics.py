@@ -75,6 +75,8 @@ def test_inception_score_limits():
     assert metrics.inception_score(confident, splits=1).values["is"] == pytest.approx(4.0, rel=1e-6)
     sorted_by_class = np.eye(4)[np.sort(np.arange(2000) % 4)] * 50.0
     assert metrics.inception_score(sorted_by_class).values["is"] == pytest.approx(4.0, rel=0.02), "splits are shuffled"
+    ten_classes = np.eye(10)[np.arange(21) % 10] * 50.0      # 21 is no multiple of 10: still 10 splits
+    assert metrics.inception_score(ten_classes, splits=10).values["is"] < 2.2     # 7 splits of 3 gave 2.84
 
 
 def test_prdc_is_one_for_identical_and_zero_for_disjoint_sets(gauss):

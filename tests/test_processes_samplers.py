@@ -63,6 +63,20 @@ def test_schedule_derivatives(name):
     torch.testing.assert_close(p.d_sigma(t), (p.sigma(t + h) - p.sigma(t - h)) / (2 * h), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("process", [FlowProcess(), VPProcess(), EDMProcess()], ids=lambda p: p.name)
+def test_less_noisy_times_stay_in_the_trained_range(process):
+    """SRA's teacher time: at most ``gap`` of the noise range cleaner, never below ``t_min`` (under EDM
+    a gap in raw σ, whose range is 80, would send almost every teacher to σ = 0)."""
+    g = torch.Generator().manual_seed(0)
+    t = process.sample_time(10_000, g)
+    gap = 0.2 * torch.rand(10_000, generator=g)
+    cleaner = process.less_noisy(t, gap)
+    assert (cleaner <= t.clamp_min(process.t_min)).all() and (cleaner >= process.t_min).all()
+    assert (cleaner > process.t_min).float().mean() > 0.6
+    if process.name == "flow":
+        assert torch.equal(cleaner, (t - gap).clamp_min(0))
+
+
 def test_time_grids_are_float64_and_end_at_zero():
     for p in PROCESSES.values():
         ts = p.time_grid(10)

@@ -79,6 +79,31 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert ckpt is not None and ckpt.step >= 3
 
 
+class InterruptDuring(Plugin):
+    """A plug-in that sends this process SIGINT in the middle of a given step, as a Ctrl-C may."""
+
+    name = "interrupt"
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.at = step
+
+    def loss_terms(self, batch, output, step, ema):
+        if step == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return {}
+
+
+def test_an_interrupt_during_a_step_checkpoints_that_step_whole(tmp_path):
+    cfg = dict(preset("smoke"), steps=20, ckpt_every=10)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(make_config(cfg), tmp_path / "stopped", plugins=[InterruptDuring(2)], progress=False).run()
+    assert latest_checkpoint(tmp_path / "stopped").step == 3
+    assert latest_checkpoint(tmp_path / "stopped").state()["optimizer"]["state"][0]["step"] == 3
+    Trainer(make_config(cfg, {"steps": 3}), tmp_path / "clean", progress=False).run()
+    assert_bit_identical(weights(tmp_path / "clean"), weights(tmp_path / "stopped"))
+
+
 class PoisonAfter(Plugin):
     """A plug-in whose loss term turns NaN from a given step on."""
 
@@ -108,6 +133,18 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(cli, tmp_path):
         assert latest_checkpoint(tmp_path).step == 10
     code, out, _ = cli("train", "--resume", "--no-progress", "--out", tmp_path)
     assert code == 0 and latest_checkpoint(tmp_path).step == 20
+
+
+def test_a_damaged_newer_checkpoint_is_set_aside_not_kept_in_place_of_good_ones(cli, tmp_path):
+    assert cli("train", *SMOKE, "--steps", 20, "--out", tmp_path)[0] == 0
+    damaged = tmp_path / "checkpoints/step_0000020/model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    code, _, err = cli("train", "--resume", "--steps", 15, "--ckpt-every", 5, "--keep-last", 1, "--no-progress",
+                       "--out", tmp_path)
+    assert code == 0, err
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_0000015"]
+    assert latest_checkpoint(tmp_path).step == 15
+    assert (tmp_path / "checkpoints/stale_step_0000020/model.safetensors").is_file()
 
 
 def test_resume_errors(cli, tmp_path):

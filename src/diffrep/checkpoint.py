@@ -71,10 +71,29 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    for newer in list_checkpoints(run_dir):
+        if _step_of(newer) > step:
+            _set_aside(newer)
     fsync_dir(root)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix("step_"))
+
+
+def _set_aside(path: Path) -> None:
+    """Rename a checkpoint newer than the one just written (the run resumed before it because it is
+    damaged) to ``stale_step_N``: kept on disk, but no longer loaded, and not counted by ``keep_last``."""
+    target, k = path.with_name(f"stale_{path.name}"), 0
+    while target.exists():
+        k += 1
+        target = path.with_name(f"stale_{path.name}_{k}")
+    path.rename(target)
+    warnings.warn(f"checkpoint {path.name} is newer than the run's current step (it was skipped on resume): "
+                  f"moved to {target.name}", stacklevel=3)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

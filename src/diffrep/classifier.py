@@ -202,15 +202,18 @@ def probabilities(scores: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(-scores.nan_to_num(float("inf")) / temperature, dim=1)
 
 
-def classify_run(run: str | Path, *, data: str = "mnist5k", split: str = "test", limit: int | None = None,
+def classify_run(run: str | Path, *, data: str | None = None, split: str = "test", limit: int | None = None,
                  pairs: int = 32, schedule: str = "exhaustive", time_weights: str = "uniform", fit_images: int = 100,
                  rounds: list[tuple[int, int]] | None = None, z: float = 3.0, norm: str = "l2", seed: int = 0,
                  batch_size: int = 250, device: str = "auto") -> dict:
-    """Classify a built-in split with a class-conditional run; returns accuracy, calls per image, images/s
-    and, with ``time_weights="fitted"``, the weights and temperature fitted on ``fit_images`` train images."""
+    """Classify a built-in split (``data``; default: the run's own dataset) with a class-conditional run; returns
+    accuracy, calls per image, images/s and, with ``time_weights="fitted"``, the weights and temperature fitted
+    on ``fit_images`` train images."""
+    from diffrep.config import load_run_config
     from diffrep.data import BUILTIN, balanced_subset, load_builtin
-    from diffrep.trainer import load_run
+    from diffrep.trainer import check_images_fit_run, load_run
 
+    data = data or load_run_config(run).data
     if data not in BUILTIN:
         raise DiffrepError(f"classify uses a built-in dataset's labelled split: --data {' or '.join(BUILTIN)}")
     if time_weights not in ("uniform", "fitted"):
@@ -220,6 +223,7 @@ def classify_run(run: str | Path, *, data: str = "mnist5k", split: str = "test",
         raise DiffrepError(f"{run} is an unconditional model: the Diffusion Classifier needs class labels")
     autocast = cfg.precision == "bf16"
     images = load_builtin(data, split)
+    check_images_fit_run(images.images, info, run, data)
     if limit:
         images = images.subset(balanced_subset(images.labels, min(limit, len(images))))
     weights, order, temperature, fitted = torch.ones(pairs), None, None, {}

@@ -12,6 +12,26 @@ from pathlib import Path
 from diffrep.errors import DiffrepError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number ≥ 1 (a count or a size)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number ≥ 0 (an interval where 0 means never)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+    return value
+
+
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
 
@@ -48,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", type=Path, help="YAML file of options (keys as the flags, with _ or -)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last good checkpoint")
     t.add_argument("--data", help="mnist5k | digits | a folder of images | an .npz (default mnist5k)")
-    t.add_argument("--image-size", type=int, help="resize images to this square size (needed for mixed sizes)")
+    t.add_argument("--image-size", type=positive_int, help="resize images to this square size (needed for mixed sizes)")
     t.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips")
     t.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
                    help="ignore labels even when the data has them")
@@ -58,15 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--prediction", choices=("eps", "v"), help="vp only: ε- or v-prediction")
     t.add_argument("--schedule", choices=("linear", "cosine"), help="vp only: β schedule")
     t.add_argument("--time-sampling", choices=("uniform", "logit-normal"), help="flow only: training-time distribution")
-    t.add_argument("--steps", type=int, help="total optimiser steps (raise it with --resume to extend a run)")
-    t.add_argument("--batch-size", type=int, help="global batch size")
-    t.add_argument("--grad-accum", type=int, help="micro-batches per step (same update as the full batch)")
+    t.add_argument("--steps", type=positive_int, help="total optimiser steps (raise it with --resume to extend a run)")
+    t.add_argument("--batch-size", type=positive_int, help="global batch size")
+    t.add_argument("--grad-accum", type=positive_int, help="micro-batches per step (same update as the full batch)")
     t.add_argument("--lr", type=float, help="peak learning rate (warm-up, then constant)")
-    t.add_argument("--warmup", type=int, help="warm-up steps")
+    t.add_argument("--warmup", type=non_negative_int, help="warm-up steps")
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
     t.add_argument("--ema-decay", type=float)
-    t.add_argument("--ema-start", type=int, help="EMA copies the weights before this step")
+    t.add_argument("--ema-start", type=non_negative_int, help="EMA copies the weights before this step")
     t.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast (default) or full fp32")
     t.add_argument("--grad-checkpoint", action="store_true", default=None,
                    help="activation checkpointing per block: less memory, ~30%% more compute")
@@ -83,13 +103,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="a training plug-in, repeatable: repa:encoder=reference,depth=2,weight=0.5 | sra "
                         "(see `diffrep plugins`)")
     t.add_argument("--seed", type=int)
-    t.add_argument("--ckpt-every", type=int, help="checkpoint every N steps (and at the end, and on Ctrl-C)")
-    t.add_argument("--keep-last", type=int, help="checkpoints to keep")
-    t.add_argument("--log-every", type=int)
-    t.add_argument("--grid-every", type=int, help="sample-grid PNG every N steps (0: never)")
-    t.add_argument("--eval-every", type=int, help="evaluate EMA samples every N steps (0: never): eval.jsonl, "
+    t.add_argument("--ckpt-every", type=non_negative_int, help="checkpoint every N steps (and at the end, and on Ctrl-C)")
+    t.add_argument("--keep-last", type=non_negative_int, help="checkpoints to keep")
+    t.add_argument("--log-every", type=non_negative_int)
+    t.add_argument("--grid-every", type=non_negative_int, help="sample-grid PNG every N steps (0: never)")
+    t.add_argument("--eval-every", type=non_negative_int, help="evaluate EMA samples every N steps (0: never): eval.jsonl, "
                    "TensorBoard eval/*, eval.png")
-    t.add_argument("--eval-samples", type=int, help="samples per evaluation (default 1000, class-balanced)")
+    t.add_argument("--eval-samples", type=positive_int, help="samples per evaluation (default 1000, class-balanced)")
     t.add_argument("--eval-metrics", help=f"comma list of {', '.join(METRICS)} (default fd)")
     t.add_argument("--eval-encoders", help="comma list of encoders (default reference)")
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 …")
@@ -99,17 +119,17 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=_examples("diffrep sample runs/x --n 1000 --sampler euler --steps 50 --out samples.npz --grid grid.png",
                                         "diffrep sample runs/x --n 1000 --sampler dpmpp_2m --steps 20 --cfg 1.5 --cfg-interval 0.1,0.9 --out s.npz"))
     s.add_argument("run", type=Path, help="run directory written by `diffrep train`")
-    s.add_argument("--n", "--num-samples", dest="n", type=int, default=1000,
+    s.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=1000,
                    help="number of images (spell it --num-samples under torchrun, whose own options --n would abbreviate)")
     s.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
-    s.add_argument("--steps", type=int, default=50, help="grid intervals (Heun uses 2·steps−1 net calls)")
+    s.add_argument("--steps", type=positive_int, default=50, help="grid intervals (Heun uses 2·steps−1 net calls)")
     s.add_argument("--grid-rho", type=float, help="time grid t_i = t_max·(1 − i/steps)^ρ (edm: its σ grid's ρ); "
                    "default: the process's (1 for flow and vp, 7 for edm)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
     s.add_argument("--cfg-interval", help="lo,hi: guide only for t (σ for edm) in [lo, hi]")
     s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index")
-    s.add_argument("--batch-size", type=int, default=250)
+    s.add_argument("--batch-size", type=positive_int, default=250)
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     s.add_argument("--out", type=Path, required=True, help=".npz: arr_0 uint8 N×H×W×C, arr_1 labels")
@@ -128,8 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="train the default preset on mnist5k, sample, judge", formatter_class=fmt,
                        epilog=_examples("diffrep quickstart", "diffrep quickstart --out runs/qs2 --steps 500"))
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
-    q.add_argument("--steps", type=int, help="override the preset's step count")
-    q.add_argument("--n", type=int, default=1000, help="samples to judge")
+    q.add_argument("--steps", type=positive_int, help="override the preset's step count")
+    q.add_argument("--n", type=positive_int, default=1000, help="samples to judge")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the net (off in the preset: over 1,000 CPU steps compiling costs more than it saves)")
@@ -152,18 +172,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="local weights file for an encoder (repeatable); default: the official download")
     e.add_argument("--resize", choices=RESIZE_MODES, help="override every encoder's resize mode")
     e.add_argument("--train", help="training images, for authpct and ct (e.g. mnist5k:train)")
-    e.add_argument("--k", type=int, default=3, help="neighbours for precision/recall (default 3)")
-    e.add_argument("--k-dc", type=int, default=5, help="neighbours for density/coverage (default 5)")
-    e.add_argument("--kid-subset-size", type=int, default=1000)
+    e.add_argument("--k", type=positive_int, default=3, help="neighbours for precision/recall (default 3)")
+    e.add_argument("--k-dc", type=positive_int, default=5, help="neighbours for density/coverage (default 5)")
+    e.add_argument("--kid-subset-size", type=positive_int, default=1000)
     e.add_argument("--reference-sqrtm", action="store_true", help="compute FD with scipy's sqrtm (parity checks)")
     e.add_argument("--no-ref-stats", dest="ref_stats", action="store_false",
                    help="use REF's images even when it holds mu/sigma")
-    e.add_argument("--image-size", type=int, help="resize folder images of mixed sizes to this square size")
+    e.add_argument("--image-size", type=positive_int, help="resize folder images of mixed sizes to this square size")
     e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder compute dtype")
-    e.add_argument("--batch-size", type=int, default=100)
+    e.add_argument("--batch-size", type=positive_int, default=100)
     e.add_argument("--device", default="auto")
     e.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
-    e.add_argument("--cache-dir", type=Path, help="feature cache (default $DIFFREP_CACHE/features or ~/.cache/diffrep)")
+    e.add_argument("--cache-dir", type=Path, help="feature cache (default $DIFFREP_CACHE/features or ~/.cache/diffrep/features)")
     e.add_argument("--out", type=Path, help="write the rows (values, params, encoder specs) as JSON")
     e.add_argument("--no-progress", action="store_true")
 
@@ -178,20 +198,23 @@ def _parser() -> argparse.ArgumentParser:
                                         "torchrun --nproc-per-node 2 -m diffrep features gen.npz --encoder dinov2-s14 "
                                         "--encoder-weights dinov2-s14=vits14.pth --out f.npz"))
     f.add_argument("source", help="a run directory, or images: a folder, an .npz or a built-in split")
-    f.add_argument("--data", default="mnist5k:test", help="run source: the images (a built-in split, folder or .npz)")
+    f.add_argument("--data", help="run source: the images (a built-in split, folder or .npz; default: the test split "
+                                  "of the run's built-in dataset)")
     f.add_argument("--blocks", default="all", help="run source: 'all' or a comma list such as block3,block4")
     f.add_argument("--t", default="0.05,0.1,0.2,0.4", help="run source: noise levels in the process's time (σ for edm)")
-    f.add_argument("--pool", choices=POOLS, default="mean", help="run source: mean over positions/tokens, or flatten")
+    f.add_argument("--pool", choices=POOLS, default="mean",
+                   help="run source: mean over positions/tokens, flatten, or average-pool to a 2/4/8 grid")
     f.add_argument("--resample-noise", action="store_true", help="run source: new ε at every t (default: one ε per image)")
-    f.add_argument("--noise-draws", type=int, default=1, help="run source: average the features over this many ε draws")
+    f.add_argument("--noise-draws", type=positive_int, default=1, help="run source: average the features over this many ε draws")
     f.add_argument("--l2-normalize", action="store_true", help="run source: unit-length feature vectors")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--encoder", choices=list(ENCODERS), help="images source: the metric encoder (default reference)")
-    f.add_argument("--encoder-weights", metavar="PATH", help="local weights file (default: the official download)")
+    f.add_argument("--encoder-weights", action="append", default=[], metavar="NAME=PATH",
+                   help="a local weights file for the encoder (default: the official download)")
     f.add_argument("--resize", choices=RESIZE_MODES, help="override the encoder's resize mode")
-    f.add_argument("--image-size", type=int)
+    f.add_argument("--image-size", type=positive_int)
     f.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    f.add_argument("--batch-size", type=int, default=100)
+    f.add_argument("--batch-size", type=positive_int, default=100)
     f.add_argument("--device", default="auto")
     f.add_argument("--no-cache", action="store_true")
     f.add_argument("--cache-dir", type=Path)
@@ -204,14 +227,15 @@ def _parser() -> argparse.ArgumentParser:
                                          "--heatmap probe.png",
                                          "diffrep probe runs/dit --blocks block2,block4,block6 --t 0.1,0.3"))
     pr.add_argument("run", type=Path, help="run directory (needed for the diffusion backbone)")
-    pr.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"), help="train on its train split, test on test")
+    pr.add_argument("--data", choices=("mnist5k", "digits"),
+                    help="train on its train split, test on test (default: the run's dataset)")
     pr.add_argument("--backbones", default="diffusion,pixels", help="comma list: diffusion and/or encoder names")
     pr.add_argument("--encoder-weights", action="append", default=[], metavar="NAME=PATH")
     pr.add_argument("--blocks", default="all")
     pr.add_argument("--t", default="0.05,0.1,0.2,0.4")
     pr.add_argument("--pool", choices=POOLS, default="mean")
     pr.add_argument("--resample-noise", action="store_true")
-    pr.add_argument("--noise-draws", type=int, default=1, help="average the diffusion features over this many ε draws")
+    pr.add_argument("--noise-draws", type=positive_int, default=1, help="average the diffusion features over this many ε draws")
     pr.add_argument("--l2-normalize", action="store_true")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--device", default="auto")
@@ -225,18 +249,18 @@ def _parser() -> argparse.ArgumentParser:
                                         "diffrep classify runs/qs --schedule racing --pairs 32 --out c.json",
                                         "diffrep classify runs/qs --schedule adaptive --rounds 8:5,32:1"))
     c.add_argument("run", type=Path)
-    c.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"))
+    c.add_argument("--data", choices=("mnist5k", "digits"), help="default: the run's dataset")
     c.add_argument("--split", default="test", choices=("train", "test"))
-    c.add_argument("--limit", type=int, help="classify this many class-balanced images of the split")
-    c.add_argument("--pairs", type=int, default=32, help="(t, ε) pairs per image on an even t grid")
+    c.add_argument("--limit", type=positive_int, help="classify this many class-balanced images of the split")
+    c.add_argument("--pairs", type=positive_int, default=32, help="(t, ε) pairs per image on an even t grid")
     c.add_argument("--schedule", choices=SCHEDULES, default="exhaustive")
     c.add_argument("--rounds", help="adaptive: pairs:keep,… e.g. 8:5,32:1 (default pairs/10:classes/2,pairs:1)")
     c.add_argument("--z", type=float, default=3.0, help="racing: drop a class z standard errors behind the best")
     c.add_argument("--time-weights", choices=("uniform", "fitted"), default="uniform")
-    c.add_argument("--fit-images", type=int, default=100, help="labelled train images for fitted weights / racing order")
+    c.add_argument("--fit-images", type=positive_int, default=100, help="labelled train images for fitted weights / racing order")
     c.add_argument("--norm", choices=("l2", "l1"), default="l2")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--batch-size", type=int, default=250, help="network inputs per forward (250: fastest on CPU here)")
+    c.add_argument("--batch-size", type=positive_int, default=250, help="network inputs per forward (250: fastest on CPU here)")
     c.add_argument("--device", default="auto")
     c.add_argument("--out", type=Path)
 
@@ -249,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=_examples("diffrep reference --data mnist5k --out src/diffrep/assets/reference-mnist5k.safetensors"))
     r.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"))
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--epochs", type=int, default=30)
+    r.add_argument("--epochs", type=positive_int, default=30)
     r.add_argument("--seed", type=int, default=0)
     return p
 
@@ -353,7 +377,8 @@ def _judge_table(rows: list[tuple[str, dict]]) -> str:
     for name, r in rows:
         acc = "—" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         lines.append(f"{name:28s} {r['n']:6d} {acc:>9s} {r['fd_ref']:8.3f} {r['fd_ratio']:6.2f}")
-    lines.append(f"ratio = FD_ref / FD_ref(1,000 train vs 1,000 test) = FD_ref / {rows[0][1]['fd_ref_train_vs_test']:.3f}")
+    n_ref = rows[0][1]["n_ref"]
+    lines.append(f"ratio = FD_ref / FD_ref({n_ref:,} train vs {n_ref:,} test) = FD_ref / {rows[0][1]['fd_ref_train_vs_test']:.3f}")
     return "\n".join(lines)
 
 
@@ -403,12 +428,16 @@ def _device(name: str) -> str:
     return str(pick_device(name))
 
 
-def _encoder_weights(pairs: list[str]) -> dict[str, str]:
+def _encoder_weights(pairs: list[str], encoders: list[str]) -> dict[str, str]:
+    """``--encoder-weights NAME=PATH`` flags as ``{NAME: PATH}``; each NAME must be one of ``encoders``."""
     out = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not path:
             raise DiffrepError(f"--encoder-weights {pair!r}: expected NAME=PATH, e.g. inception=pt_inception.pth")
+        if name not in encoders:
+            raise DiffrepError(f"--encoder-weights {pair!r}: {name!r} is not among the encoders used here "
+                               f"({', '.join(encoders)})")
         out[name] = path
     return out
 
@@ -425,8 +454,8 @@ def cmd_eval(a) -> int:
     from diffrep.io import atomic_write
 
     names = [m.strip() for m in a.metrics.split(",") if m.strip()]
-    encoders = load_encoders([e.strip() for e in a.encoders.split(",") if e.strip()],
-                             _encoder_weights(a.encoder_weights), a.resize)
+    encoder_names = [e.strip() for e in a.encoders.split(",") if e.strip()]
+    encoders = load_encoders(encoder_names, _encoder_weights(a.encoder_weights, encoder_names), a.resize)
     gen, ref = load_eval_set(a.gen, a.image_size), load_eval_set(a.ref, a.image_size)
     train = load_eval_set(a.train, a.image_size) if a.train else None
     rows = evaluate(gen, ref, metric_names=names, encoders=encoders, train=train, batch_size=a.batch_size,
@@ -466,7 +495,8 @@ def cmd_features(a) -> int:
 
     if (Path(a.source) / "config.yaml").is_file() and a.encoder is None:
         return _run_features(a)
-    encoder = get_encoder(a.encoder or "reference", a.encoder_weights, a.resize)
+    name = a.encoder or "reference"
+    encoder = get_encoder(name, _encoder_weights(a.encoder_weights, [name]).get(name), a.resize)
     images = load_eval_set(a.source, a.image_size)
     if images.images is None:
         raise DiffrepError(f"{a.source} holds statistics only, no images to encode")
@@ -488,10 +518,17 @@ def _run_features(a) -> int:
     from diffrep.evaluate import load_eval_set
     from diffrep.io import save_npz
     from diffrep.represent import diffusion_features, resolve_blocks
-    from diffrep.trainer import load_run
+    from diffrep.data import BUILTIN
+    from diffrep.trainer import check_images_fit_run, load_run
 
-    net, process, cfg, _ = load_run(a.source, "ema", a.device)
-    images = load_eval_set(a.data, a.image_size)
+    net, process, cfg, info = load_run(a.source, "ema", a.device)
+    if a.data is None and cfg.data not in BUILTIN:
+        raise DiffrepError(f"{a.source} was trained on {cfg.data}: pass --data with the images to encode")
+    data = a.data or f"{cfg.data}:test"
+    images = load_eval_set(data, a.image_size)
+    if images.images is None:
+        raise DiffrepError(f"{data} holds statistics only, no images to encode")
+    check_images_fit_run(images.images, info, a.source, data)
     blocks = resolve_blocks(a.blocks, net.tap_names)
     feats = diffusion_features(net, process, images.images, blocks=blocks, times=_floats(a.t, "--t"), pooling=a.pool,
                                seed=a.seed, resample=a.resample_noise, noise_draws=a.noise_draws,
@@ -510,7 +547,8 @@ def cmd_probe(a) -> int:
 
     rows = probe_backbones(a.run, data=a.data, backbones=a.backbones.split(","), blocks=a.blocks,
                            times=_floats(a.t, "--t"), pooling=a.pool, seed=a.seed, resample=a.resample_noise,
-                           noise_draws=a.noise_draws, normalize=a.l2_normalize, encoder_weights=_encoder_weights(a.encoder_weights),
+                           noise_draws=a.noise_draws, normalize=a.l2_normalize,
+                           encoder_weights=_encoder_weights(a.encoder_weights, a.backbones.split(",")),
                            device=a.device, progress=not a.no_progress)
     best = {}
     for r in rows:

@@ -74,6 +74,10 @@ class TrainConfig:
             raise DiffrepError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.process not in PROCESSES:
             raise DiffrepError(f"unknown process {self.process!r}: choose one of {', '.join(PROCESSES)}")
+        if self.process != "vp" and (self.prediction != "eps" or self.schedule != "linear"):
+            raise DiffrepError(f"--prediction and --schedule apply to --process vp only (this run: {self.process})")
+        if self.process != "flow" and self.time_sampling != "uniform":
+            raise DiffrepError(f"--time-sampling applies to --process flow only (this run: {self.process})")
         if self.adamw_impl not in ADAMW_IMPLS:
             raise DiffrepError(f"unknown --adamw-impl {self.adamw_impl!r}: choose one of {', '.join(ADAMW_IMPLS)}")
         if self.precision not in ("bf16", "fp32"):
@@ -114,6 +118,7 @@ RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "
                               # speed options: a resume may switch them (bit-identity needs the same ones)
                               "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic", "fsdp"})
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 
 PRESETS: dict[str, tuple[str, dict]] = {
     "quickstart": (
@@ -133,7 +138,7 @@ PRESETS: dict[str, tuple[str, dict]] = {
          "ema_decay": 0.9999},
     ),
     "smoke": (
-        "a tiny U-Net for a few steps on sklearn digits: checks an installation in seconds",
+        "UNet-S for 20 steps on sklearn's 8×8 digits: checks an installation in seconds",
         {"data": "digits", "model": "UNet-S", "steps": 20, "batch_size": 16, "ckpt_every": 10, "grid_every": 0,
          "log_every": 5},
     ),
@@ -167,7 +172,34 @@ def make_config(*layers: dict) -> TrainConfig:
     unknown = sorted(set(merged) - set(FIELD_NAMES))
     if unknown:
         raise DiffrepError(f"unknown config option(s) {unknown}: valid options are {', '.join(FIELD_NAMES)}")
-    return dataclasses.replace(TrainConfig(), **merged).validate()
+    return dataclasses.replace(TrainConfig(), **{k: _typed(k, v) for k, v in merged.items()}).validate()
+
+
+def _typed(name: str, value: object) -> object:
+    """``value`` as the type of option ``name`` (YAML reads ``1e-3`` as a string, ``8.5`` as a float)."""
+    kind = FIELD_TYPES[name]
+    if value is None and kind.endswith("| None"):
+        return None
+    base = kind.split(" |")[0]
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "int" and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+    if base == "float" and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if base == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if base == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    expected = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string",
+                "list[str]": "a list of strings, e.g. [\"repa:depth=2\"]"}[base]
+    raise DiffrepError(f"config option {name}: expected {expected}, got {value!r}")
 
 
 def config_diff(old: dict, new: dict) -> list[str]:

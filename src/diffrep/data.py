@@ -17,6 +17,8 @@ so the split never changes between machines or library versions.
 from __future__ import annotations
 
 import math
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +132,16 @@ def _resize_center(img, size: int):
     return img.resize((size, size), Image.BICUBIC)
 
 
+def _as_8bit(im):
+    """A copy of ``im``; 16-bit (``I;16``) and integer (``I``) greyscale scaled to 8 bits (÷ 257, so
+    65535 → 255), which Pillow's ``convert("L")`` would clip at 255 instead."""
+    from PIL import Image
+
+    if not im.mode.startswith("I"):
+        return im.copy()
+    return Image.fromarray(np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8), "L")
+
+
 def load_folder(path: Path, image_size: int | None = None) -> ImageSet:
     """A folder of images: class sub-folders give labels, a flat folder is unconditional.
 
@@ -144,6 +156,10 @@ def load_folder(path: Path, image_size: int | None = None) -> ImageSet:
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if subdirs:
         files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        loose = [f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            warnings.warn(f"ignored {len(loose)} image(s) at the top of {path} (e.g. {loose[0].name}): with class "
+                          "sub-folders, every image must sit in its class's folder", stacklevel=2)
     else:
         files = [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
@@ -153,17 +169,15 @@ def load_folder(path: Path, image_size: int | None = None) -> ImageSet:
         try:
             with Image.open(f) as im:
                 im.load()
-                images.append(im.copy())
+                images.append(_as_8bit(im))
                 labels.append(label)
         except (UnidentifiedImageError, OSError, ValueError):
             skipped.append(f)
     if skipped:
-        import warnings
-
         warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {path}, e.g. {skipped[0].name}", stacklevel=2)
     if not images:
         raise DiffrepError(f"no readable image in {str(path)!r} ({len(skipped)} unreadable)")
-    mode = "L" if all(im.mode in ("L", "1", "I;16", "I") for im in images) else "RGB"
+    mode = "L" if all(im.mode in ("L", "1") for im in images) else "RGB"
     sizes = {im.size for im in images}
     if image_size is None and len(sizes) > 1:
         raise DiffrepError(f"images in {str(path)!r} have {len(sizes)} different sizes (e.g. {sorted(sizes)[:3]}): pass --image-size N to resize them")
@@ -180,34 +194,58 @@ def load_folder(path: Path, image_size: int | None = None) -> ImageSet:
     return ImageSet(x, None, 0, str(path))
 
 
-def load_npz(path: Path) -> ImageSet:
-    """An ``.npz`` with ``arr_0`` (or ``images``) uint8 ``N×H×W×C`` and optional ``arr_1`` (or ``labels``)."""
-    path = Path(path)
-    with np.load(path, allow_pickle=False) as f:
-        key = "arr_0" if "arr_0" in f else "images" if "images" in f else None
-        if key is None:
-            raise DiffrepError(f"{path} has no images: expected an array 'arr_0' (N×H×W×C uint8) or 'images', found {sorted(f.keys())}")
-        x = np.asarray(f[key])
-        y = f["arr_1"] if "arr_1" in f else f["labels"] if "labels" in f else None
-        y = None if y is None else np.asarray(y)
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` (pickles refused), or a one-line error naming what is wrong with the file."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise ValueError("not a zip archive")
+        with np.load(path, allow_pickle=False) as f:
+            return {k: np.asarray(f[k]) for k in f.keys()}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DiffrepError(f"{path} is not a readable .npz ({reason}): write one with numpy.savez") from None
+
+
+def images_from_array(path: Path | str, x: np.ndarray, name: str = "images") -> torch.Tensor:
+    """Check an ``N×H×W×C`` (or ``N×H×W``) uint8 array and return it as ``N×C×H×W``."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[0] == 0:
-        raise DiffrepError(f"{path}: images must be a non-empty N×H×W×C array, got shape {x.shape}")
+        raise DiffrepError(f"{path}: {name} must be a non-empty N×H×W×C array, got shape {x.shape}")
+    if x.shape[3] > 4 and x.shape[1] <= 4:
+        raise DiffrepError(f"{path}: {name} of shape {x.shape} look like N×C×H×W; store them as N×H×W×C "
+                           "(x.transpose(0, 2, 3, 1))")
     if x.dtype != np.uint8:
-        raise DiffrepError(f"{path}: images must be uint8 in [0, 255], got {x.dtype}")
-    images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        raise DiffrepError(f"{path}: {name} must be uint8 in [0, 255], got {x.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def load_npz(path: Path) -> ImageSet:
+    """An ``.npz`` with ``arr_0`` (or ``images``) uint8 ``N×H×W×C`` and optional ``arr_1`` (or ``labels``)."""
+    path = Path(path)
+    arrays = read_npz(path)
+    key = "arr_0" if "arr_0" in arrays else "images" if "images" in arrays else None
+    if key is None:
+        raise DiffrepError(f"{path} has no images: expected an array 'arr_0' (N×H×W×C uint8) or 'images', found {sorted(arrays)}")
+    images = images_from_array(path, arrays[key], key)
+    y = arrays.get("arr_1", arrays.get("labels"))
     if y is None:
         return ImageSet(images, None, 0, str(path))
+    if y.shape != (len(images),) or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+        raise DiffrepError(f"{path}: labels must be {len(images)} non-negative integers (one per image), "
+                           f"got {y.dtype} of shape {y.shape}")
     labels = torch.from_numpy(y.astype(np.int64))
     return ImageSet(images, labels, int(labels.max()) + 1, str(path))
 
 
 def load_dataset(spec: str, split: str = "train", image_size: int | None = None) -> ImageSet:
     """Resolve ``spec``: a built-in name (``mnist5k``), an ``.npz`` file or a folder of images."""
+    path = Path(spec)
+    if image_size is not None and (spec in BUILTIN or path.suffix == ".npz"):
+        raise DiffrepError(f"--image-size resizes the images of a folder; {spec} has a fixed size: drop --image-size")
     if spec in BUILTIN:
         return load_builtin(spec, split)
-    path = Path(spec)
     if path.suffix == ".npz":
         if not path.is_file():
             raise DiffrepError(f"data file {spec!r} does not exist")

@@ -80,11 +80,25 @@ def barrier() -> None:
 
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over all ranks (itself for one process)."""
+    return _all_reduce(value, "sum") / current().size
+
+
+def min_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise minimum of a tensor over all ranks (itself for one process)."""
+    return _all_reduce(value, "min")
+
+
+def max_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of a tensor over all ranks (itself for one process)."""
+    return _all_reduce(value, "max")
+
+
+def _all_reduce(value: torch.Tensor, op: str) -> torch.Tensor:
     if current().size == 1:
         return value
     value = value.clone()
-    dist.all_reduce(value)
-    return value / current().size
+    dist.all_reduce(value, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
+    return value
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:

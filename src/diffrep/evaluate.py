@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from diffrep import distributed, metrics
-from diffrep.data import BUILTIN, load_builtin, load_folder
+from diffrep.data import BUILTIN, images_from_array, load_builtin, load_folder, read_npz
 from diffrep.encoders import Encoded, Encoder, get_encoder
 from diffrep.errors import DiffrepError
 from diffrep.features import FeatureCache, extract_features
@@ -41,18 +41,12 @@ class EvalSet:
 
 
 def _load_npz(path: Path) -> EvalSet:
-    with np.load(path, allow_pickle=False) as f:
-        keys = set(f.keys())
-        images = f["arr_0"] if "arr_0" in keys else None
-        stats = (f["mu"], f["sigma"]) if {"mu", "sigma"} <= keys else None
+    arrays = read_npz(path)
+    images = images_from_array(path, arrays["arr_0"], "arr_0") if "arr_0" in arrays else None
+    stats = (arrays["mu"], arrays["sigma"]) if {"mu", "sigma"} <= arrays.keys() else None
     if images is None and stats is None:
-        raise DiffrepError(f"{path} has neither images 'arr_0' nor statistics 'mu'/'sigma' (found {sorted(keys)}): "
+        raise DiffrepError(f"{path} has neither images 'arr_0' nor statistics 'mu'/'sigma' (found {sorted(arrays)}): "
                            "pass an ADM-layout .npz")
-    if images is not None:
-        if images.dtype != np.uint8 or images.ndim not in (3, 4):
-            raise DiffrepError(f"{path}: arr_0 must be uint8 N×H×W×C, got {images.dtype} {images.shape}")
-        images = images[..., None] if images.ndim == 3 else images
-        images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     return EvalSet(str(path), images, stats)
 
 
@@ -69,7 +63,7 @@ def load_eval_set(spec: str, image_size: int | None = None) -> EvalSet:
     if (path / "config.yaml").is_file():
         samples = path / "samples.npz"
         if not samples.is_file():
-            raise DiffrepError(f"run {spec} has no samples.npz yet: run `diffrep sample {spec}` first")
+            raise DiffrepError(f"run {spec} has no samples.npz yet: run `diffrep sample {spec} --out {samples}` first")
         return _load_npz(samples)
     if path.is_dir():
         return EvalSet(str(path), load_folder(path, image_size).images)

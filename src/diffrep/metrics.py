@@ -205,14 +205,15 @@ def kid(gen: Features, ref: Features, *, num_subsets: int = 100, subset_size: in
 
 def inception_score(logits: Features, *, splits: int = 10, seed: int = 0) -> MetricResult:
     """IS (Salimans et al., arXiv 1606.03498) ``exp E_x KL(p(y|x) ‖ p(y))`` from classifier logits,
-    mean and std over ``splits`` equal parts of a seeded shuffle (sets sorted by class stay fair)."""
+    mean and std over ``splits`` parts (sizes differing by at most one) of a seeded shuffle (sets sorted by
+    class stay fair)."""
     x = torch.as_tensor(_f64(logits))
     if len(x) < splits:
         raise DiffrepError(f"IS with {splits} splits needs at least {splits} samples, got {len(x)}")
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))]
     log_p = torch.log_softmax(x, dim=1)
     scores = []
-    for part in log_p.chunk(splits):
+    for part in log_p.tensor_split(splits):
         log_marginal = torch.logsumexp(part, 0) - math.log(len(part))
         scores.append(float(torch.exp((part.exp() * (part - log_marginal)).sum(1).mean())))
     return MetricResult({"is": float(np.mean(scores)), "is_std": float(np.std(scores))},

@@ -295,16 +295,22 @@ class SraOptions:
     student_block: int = 2          # SiT-XL: 8
     teacher_block: int = 4          # of the EMA net (SiT-XL: 20, DiT-XL: 16)
     weight: float = 0.5
-    time_gap: float = 0.2           # teacher time t' = t − time_gap·t_max·U(0, 1), clipped at 0
+    time_gap: float = 0.2           # teacher time t' = t − time_gap·U(0, 1)·t_max, not below t_min
     schedule: str = "constant"
+
+    def __post_init__(self):
+        if self.teacher_block <= self.student_block:
+            raise DiffrepError(f"sra: teacher_block ({self.teacher_block}) must be deeper than student_block "
+                               f"({self.student_block})")
 
 
 class SRA(Plugin):
     """SRA — self-representation alignment (Jiang et al., arXiv 2505.02831).
 
     No external encoder: the teacher is the EMA model at a *less noisy* time
-    ``t' = max(0, t − time_gap·t_max·u)``, ``u ~ U(0, 1)`` (drawn per sample from the step's
-    plug-in generator), with the same noise and labels and no gradient.  The student's tokens after
+    ``t' = max(t_min, t − time_gap·t_max·u)``, ``u ~ U(0, 1)`` (drawn per sample from the step's
+    plug-in generator; under EDM the gap is taken in the flow time σ/(1 + σ):
+    :meth:`~diffrep.processes.Process.less_noisy`), with the same noise and labels and no gradient.  The student's tokens after
     ``student_block`` pass through a head Linear(D→2D)–SiLU–Linear(2D→D_teacher) and are pulled to
     the teacher's tokens after ``teacher_block``: loss ``weight·(1 − mean cos)`` (the paper moved
     from smooth-L1 to cosine because the former grew with the feature norms).
@@ -330,7 +336,7 @@ class SRA(Plugin):
         return batch
 
     def loss_terms(self, batch, output, step, ema):
-        t_teacher = (batch.t - self.options.time_gap * self.process.t_max * self._u).clamp_min(0)
+        t_teacher = self.process.less_noisy(batch.t, self.options.time_gap * self._u)
         with torch.no_grad():
             x_teacher = self.process.corrupt(batch.x0, t_teacher, batch.noise)
             autocast = torch.is_autocast_enabled(x_teacher.device.type)      # the run's precision
@@ -617,7 +623,9 @@ def parse_plugin(spec: str) -> tuple[str, object]:
     values = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
-        if key not in fields or not sep:
+        if key in fields and not sep:
+            raise DiffrepError(f"{name}: option {key!r} needs a value, e.g. {key}={fields[key].default}")
+        if key not in fields:
             raise DiffrepError(f"{name}: unknown option {item!r}; options: "
                                + ", ".join(f"{k}={f.default}" for k, f in fields.items()))
         kind = type(fields[key].default)

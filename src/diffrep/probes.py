@@ -165,26 +165,30 @@ def knn_whitened_probe(split: ProbeSplit, *, components: int = WHITENED_COMPONEN
                      **knn)
 
 
-def probe_backbones(run: str | Path, *, data: str = "mnist5k", backbones: list[str] = ("diffusion",),
+def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list[str] = ("diffusion",),
                     blocks: str = "all", times: list[float] = (0.05, 0.1, 0.2, 0.4), pooling: str = "mean",
                     seed: int = 0, resample: bool = False, noise_draws: int = 1, normalize: bool = False,
                     encoder_weights: dict[str, str] | None = None, batch_size: int = 250, device: str = "auto",
                     progress: bool = True) -> list[dict]:
     """Linear and k-NN probes, one protocol, over the run's features at every (block, t) (``diffusion``) and
-    over registry encoders (``reference``, ``pixels``, ``dinov2-s14``, …), on a built-in dataset's split."""
+    over registry encoders (``reference``, ``pixels``, ``dinov2-s14``, …), on a built-in dataset's split
+    (``data``; default: the run's own dataset)."""
+    from diffrep.config import load_run_config
     from diffrep.data import BUILTIN, load_builtin
     from diffrep.encoders import get_encoder
     from diffrep.features import extract_features
     from diffrep.represent import diffusion_features, resolve_blocks
-    from diffrep.trainer import load_run
+    from diffrep.trainer import check_images_fit_run, load_run
 
+    data = data or load_run_config(run).data
     if data not in BUILTIN:
         raise DiffrepError(f"probes use a built-in dataset's fixed train/test split: --data {' or '.join(BUILTIN)}")
     train, test = load_builtin(data, "train"), load_builtin(data, "test")
     splits: dict[tuple, ProbeSplit] = {}
     for backbone in backbones:
         if backbone == "diffusion":
-            net, process, cfg, _ = load_run(run, "ema", device)
+            net, process, cfg, info = load_run(run, "ema", device)
+            check_images_fit_run(train.images, info, run, data)
             kw = dict(blocks=resolve_blocks(blocks, net.tap_names), times=list(times), pooling=pooling, seed=seed,
                       resample=resample, noise_draws=noise_draws, normalize=normalize, batch_size=batch_size, autocast=cfg.precision == "bf16",
                       progress=progress)

@@ -80,6 +80,11 @@ class Process:
         """The time the net sees, scaled to roughly [0, 1000] (the range of DiT's embedding)."""
         return 1000.0 * t
 
+    def less_noisy(self, t: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
+        """``t`` moved towards clean by ``gap`` (per sample, a fraction of the whole noise range),
+        never below :attr:`t_min`: ``max(t_min, t − gap·t_max)``."""
+        return (t - gap * self.t_max).clamp_min(self.t_min)
+
     def net_input_scale(self, t: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(t)
 
@@ -244,6 +249,12 @@ class EDMProcess(Process):
 
     def net_time(self, t):
         return 250.0 * torch.log(t.clamp(min=1e-20))
+
+    def less_noisy(self, t, gap):
+        """The gap is taken in ``τ = σ/(1 + σ)``, the flow-matching time with the same signal-to-noise
+        ratio (σ in [0.002, 80] is no fraction of a range), then mapped back: ``σ' = τ'/(1 − τ')``."""
+        tau = (t.double() / (1 + t.double()) - gap).clamp_min(self.t_min / (1 + self.t_min))
+        return torch.minimum((tau / (1 - tau)).to(t.dtype), t).clamp_min(self.t_min)    # exact at gap 0
 
     def _c(self, t, x):
         s, sd = _bcast(t, x), self.sigma_data

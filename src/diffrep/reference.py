@@ -62,9 +62,12 @@ def load_reference(dataset: str = "mnist5k", path: Path | str | None = None) -> 
     """The committed reference encoder for a built-in dataset (or one saved at ``path``)."""
     from safetensors.torch import load_file
 
+    if path and not Path(path).is_file():
+        raise DiffrepError(f"reference encoder weights file not found: {path}")
     path = Path(path) if path else _asset(dataset)
     if not path.is_file():
-        raise DiffrepError(f"no reference encoder for {dataset!r} at {path}: train one with `diffrep reference --data {dataset}`")
+        raise DiffrepError(f"no committed reference encoder for {dataset!r}: train one with "
+                           f"`diffrep reference --data {dataset} --out {path}`")
     sd = load_file(str(path))
     net = ReferenceCNN(in_channels=sd["body.0.0.weight"].shape[1], num_classes=sd["head.weight"].shape[0])
     missing, unexpected = net.load_state_dict(sd, strict=False)
@@ -139,6 +142,7 @@ class Judgement:
     accuracy: float | None
     fd_ref: float
     fd_ref_train_vs_test: float
+    n_ref: int
 
     @property
     def fd_ratio(self) -> float:
@@ -146,18 +150,20 @@ class Judgement:
 
     def as_dict(self) -> dict:
         return {"n": self.n, "accuracy": self.accuracy, "fd_ref": self.fd_ref,
-                "fd_ref_train_vs_test": self.fd_ref_train_vs_test, "fd_ratio": self.fd_ratio}
+                "fd_ref_train_vs_test": self.fd_ref_train_vs_test, "fd_ratio": self.fd_ratio, "n_ref": self.n_ref}
 
 
 def judge(samples: ImageSet, dataset: str = "mnist5k", n_ref: int = 1000) -> Judgement:
-    """Accuracy (if ``samples`` carry labels) and FD_ref against ``n_ref`` class-balanced test images.
+    """Accuracy (if ``samples`` carry labels) and FD_ref against ``n_ref`` class-balanced test images (fewer
+    where the smallest test class allows fewer: ``digits``).
 
     The yardstick ``fd_ref_train_vs_test`` is FD_ref between ``n_ref`` class-balanced train
     images and the same test images: what a perfect generator of this size would score.
     """
     net = load_reference(dataset)
     test, train = load_builtin(dataset, "test"), load_builtin(dataset, "train")
-    test = test.subset(balanced_subset(test.labels, min(n_ref, len(test))))
+    smallest_class = int(torch.bincount(test.labels).min())
+    test = test.subset(balanced_subset(test.labels, min(n_ref, smallest_class * test.num_classes)))
     train = train.subset(balanced_subset(train.labels, len(test)))
     _check_compatible(samples.images, test)
     if len(samples) < 2:
@@ -166,7 +172,7 @@ def judge(samples: ImageSet, dataset: str = "mnist5k", n_ref: int = 1000) -> Jud
     f_test, _ = encode(net, test.images)
     f_train, _ = encode(net, train.images)
     acc = None if samples.labels is None else float((logits.argmax(1) == samples.labels).float().mean())
-    return Judgement(len(samples), acc, frechet_distance(f_gen, f_test), frechet_distance(f_train, f_test))
+    return Judgement(len(samples), acc, frechet_distance(f_gen, f_test), frechet_distance(f_train, f_test), len(test))
 
 
 def save_reference(net: ReferenceCNN, card: dict, out: Path) -> None:

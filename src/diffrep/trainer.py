@@ -5,7 +5,8 @@ from generators seeded by ``(seed, s)`` for the *global* batch, which each proce
 then slices.  So the trajectory is a function of the config alone: a resume needs
 only the step, the weights, the EMA and the optimiser state, and it continues
 bit-for-bit; the numbers do not depend on how the batch is split into micro-batches
-or processes.
+or processes — except the draws of plug-ins (SRA, CEP, UMD), which come per micro-batch
+from a stream of ``(seed, step, rank, micro-batch)``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import copy
 import json
 import os
 import signal
+import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict
@@ -103,7 +106,15 @@ def pick_device(name: str = "auto") -> torch.device:
     """``auto``: this process's GPU (``cuda:LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda", distributed.current().local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DiffrepError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DiffrepError(f"--device {name}: this PyTorch build sees no CUDA GPU; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DiffrepError(f"--device {name}: there are {torch.cuda.device_count()} GPU(s), numbered from 0")
+    return device
 
 
 def use_deterministic_kernels() -> None:
@@ -249,7 +260,9 @@ class Trainer:
         ckpt = latest_checkpoint(self.out)
         if resume:
             if ckpt is None:
-                raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; run without --resume to start a new run")
+                fix = ("start a new run with another --out" if (self.out / "config.yaml").exists()
+                       else "run without --resume to start a new run")
+                raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; {fix}")
             old = load_run_config(self.out).identity()
             diff = config_diff(ckpt.manifest["identity"], self.cfg.identity()) or config_diff(old, self.cfg.identity())
             if diff:
@@ -398,65 +411,73 @@ class Trainer:
         if self.step >= cfg.steps:
             return self.step
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1) if self.world.is_main else None
-        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
         parts_sum: dict[str, torch.Tensor] = {}
         last_good = self.step
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress, dynamic_ncols=True)
         t0, n0 = time.perf_counter(), self.step
-        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         self.net.train()
-        try:
-            while self.step < cfg.steps:
-                loss = self.train_step(self.step)
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss), self.step + 1, bad_step)
-                loss_sum += loss
-                for k, v in self.parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0) + v
-                self.step += 1
-                bar.update(1)
-                boundary = [self.step % e == 0 if e else False
-                            for e in (cfg.log_every, cfg.ckpt_every, cfg.grid_every, cfg.eval_every)]
-                if any(boundary) or self.step == cfg.steps:
-                    self._check_finite(bad_step, last_good)
-                if boundary[0] or self.step == cfg.steps:
-                    dt = time.perf_counter() - t0
-                    n = self.step - n0
-                    means = {k: float(distributed.mean_over_ranks(v)) / n
-                             for k, v in {"loss": loss_sum, **dict(sorted(parts_sum.items()))}.items()}
-                    record = {"step": self.step, **means, "lr": lr_at(cfg, self.step - 1),
-                              "img_per_s": n * cfg.batch_size / dt}
-                    if self.world.is_main:
-                        self._log(record, writer)
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
-                    loss_sum.zero_()
-                    parts_sum.clear()
-                    t0, n0 = time.perf_counter(), self.step
-                if boundary[1] or self.step == cfg.steps:
-                    self.save()
-                    last_good = self.step
-                if boundary[2]:
-                    self.save_grid()
-                if boundary[3] or (cfg.eval_every and self.step == cfg.steps):
-                    self.evaluate(writer)
-        except KeyboardInterrupt:
-            bar.close()
-            if int(bad_step) < 0 and self.step > last_good:
-                self.save()
-            raise
-        finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+        with StopRequest() as stop:
+            try:
+                while self.step < cfg.steps:
+                    loss = self.train_step(self.step)
+                    bad_step = torch.where(torch.isfinite(loss), bad_step, bad_step.clamp_max(self.step + 1))
+                    loss_sum += loss
+                    for k, v in self.parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0) + v
+                    self.step += 1
+                    bar.update(1)
+                    boundary = [self.step % e == 0 if e else False
+                                for e in (cfg.log_every, cfg.ckpt_every, cfg.grid_every, cfg.eval_every)]
+                    if any(boundary) or self.step == cfg.steps:
+                        self._check_finite(bad_step, last_good)
+                    if boundary[0] or self.step == cfg.steps:
+                        dt = time.perf_counter() - t0
+                        n = self.step - n0
+                        means = {k: float(distributed.mean_over_ranks(v)) / n
+                                 for k, v in {"loss": loss_sum, **dict(sorted(parts_sum.items()))}.items()}
+                        record = {"step": self.step, **means, "lr": lr_at(cfg, self.step - 1),
+                                  "img_per_s": n * cfg.batch_size / dt}
+                        if self.world.is_main:
+                            self._log(record, writer)
+                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
+                        loss_sum.zero_()
+                        parts_sum.clear()
+                        t0, n0 = time.perf_counter(), self.step
+                    if boundary[1] or self.step == cfg.steps:
+                        self.save()
+                        last_good = self.step
+                    if boundary[2]:
+                        self.save_grid()
+                    if boundary[3] or (cfg.eval_every and self.step == cfg.steps):
+                        self.evaluate(writer)
+                    if self._stop_requested(stop, boundary[0] or self.step == cfg.steps):
+                        self._check_finite(bad_step, last_good)
+                        if self.step > last_good:
+                            self.save()
+                        raise KeyboardInterrupt
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
         distributed.barrier()  # the final checkpoint is on disk before any rank moves on
         return self.step
 
     def _check_finite(self, bad_step: torch.Tensor, last_good: int) -> None:
-        if int(bad_step) >= 0:
-            raise TrainingDiverged(f"loss became NaN/inf at step {int(bad_step)}; stopped, the last good checkpoint is "
+        """Raise on every rank if any rank's loss was NaN/inf since the last check (a collective: one rank's
+        NaN reaches every rank's weights through the gradient all-reduce, so none may checkpoint)."""
+        first = int(distributed.min_over_ranks(bad_step))
+        if first != NO_BAD_STEP:
+            raise TrainingDiverged(f"loss became NaN/inf at step {first}; stopped, the last good checkpoint is "
                                    f"step {last_good} in {self.out / 'checkpoints'} (try a lower --lr or --precision fp32)")
+
+    def _stop_requested(self, stop: "StopRequest", at_log_step: bool) -> bool:
+        """Whether to stop after this step: at once for one process; under torchrun at logging steps,
+        where the ranks agree (a collective there, so that every rank stops after the same step)."""
+        if self.world.size == 1:
+            return stop.requested
+        return at_log_step and bool(distributed.max_over_ranks(torch.tensor(float(stop.requested), device=self.device)))
 
     def _log(self, record: dict, writer) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -517,14 +538,38 @@ class Trainer:
         return path
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+NO_BAD_STEP = 2**62
+"""``bad_step``'s value while every loss has been finite."""
 
 
-def _main_thread() -> bool:
-    import threading
+class StopRequest:
+    """Ctrl-C (SIGINT) and SIGTERM during training, as a flag the loop reads between steps.
 
-    return threading.current_thread() is threading.main_thread()
+    The loop then checkpoints the finished step and stops (``KeyboardInterrupt``), so a checkpoint
+    never holds a half-done step (an optimiser update without its step count).  A second signal
+    stops at once, without a checkpoint: the last one on disk is intact.  Outside the main thread
+    (where Python cannot install handlers) signals keep their usual effect.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(signal again to stop at once, without one)", file=sys.stderr, flush=True)
 
 
 def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") -> tuple[nn.Module, object, TrainConfig, dict]:
@@ -541,4 +586,11 @@ def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") ->
     return net.to(pick_device(device)).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling), cfg, info
 
 
-__all__ = ["Trainer", "TrainingDiverged", "load_run", "lr_at", "step_generator"]
+def check_images_fit_run(images: torch.Tensor, info: dict, run: Path | str, data: str) -> None:
+    """Refuse images whose C×H×W differs from what the run was trained on (``info``: :func:`load_run`'s)."""
+    if tuple(images.shape[1:]) != tuple(info["image_shape"]):
+        raise DiffrepError(f"{data} images are {tuple(images.shape[1:])} (C×H×W) but {run} was trained on "
+                           f"{tuple(info['image_shape'])}: pass --data with images of the run's size")
+
+
+__all__ = ["Trainer", "TrainingDiverged", "check_images_fit_run", "load_run", "lr_at", "step_generator"]

@@ -22,7 +22,7 @@ def read_state_dict(weights: str | Path | None, url: str, what: str) -> tuple[di
         except Exception as err:  # offline, proxy, corrupt cache: the same advice
             reason = " ".join(str(err).split())
             raise DiffrepError(f"cannot download the {what} weights from {url} ({reason}): download that file and "
-                               "pass it with --encoder-weights PATH (weights=PATH in Python)") from None
+                               "pass it with --encoder-weights NAME=PATH (weights=PATH in Python)") from None
         return state, url
     path = Path(weights)
     if not path.is_file():
