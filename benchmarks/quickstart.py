@@ -9,6 +9,7 @@ on a fresh machine, unless ``--warm``.
     python benchmarks/quickstart.py                                        # the preset as it is (eager)
     python benchmarks/quickstart.py --compile --name quickstart-compiled   # compiled, with an empty Inductor cache
     python benchmarks/quickstart.py --compile --warm                       # reuse this machine's compiled kernels
+    python benchmarks/quickstart.py --steps 1000 --name quickstart-1000    # another length
 """
 
 from __future__ import annotations
@@ -44,14 +45,16 @@ def main() -> None:
                    help="with --compile: reuse this machine's Inductor cache (compiling then takes seconds, not about 47)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="passed on to diffrep quickstart (default: the preset's setting)")
+    p.add_argument("--steps", type=int, help="passed on to diffrep quickstart (default: the preset's)")
     p.add_argument("--name", default="quickstart", help="result name")
     a = p.parse_args()
     shutil.rmtree(RUN, ignore_errors=True)
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ) if a.warm else {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
         start = time.perf_counter()
-        compile_flag = [] if a.compile is None else ["--compile" if a.compile else "--no-compile"]
-        subprocess.run([sys.executable, "-m", "diffrep", "quickstart", "--out", str(RUN), *compile_flag], check=True, env=env)
+        flags = [] if a.compile is None else ["--compile" if a.compile else "--no-compile"]
+        flags += [] if a.steps is None else ["--steps", str(a.steps)]
+        subprocess.run([sys.executable, "-m", "diffrep", "quickstart", "--out", str(RUN), *flags], check=True, env=env)
         wall = time.perf_counter() - start
     result = json.loads((RUN / "quickstart.json").read_text())
     rows = [{"samples": name, **r} for name, r in result["results"].items()]

@@ -120,7 +120,7 @@ def test_bad_cfg_interval(cli, tmp_path):
 
 def test_quickstart_trains_eagerly_samples_and_judges(cli, tmp_path):
     """The README's main job, shortened: eager by default (compiling costs more than it saves for
-    1,000 steps on a CPU), both sample sets judged, the numbers written."""
+    800 steps on a CPU), both sample sets judged, the numbers written."""
     code, out, err = cli("quickstart", "--out", tmp_path / "qs", "--steps", 2, "--n", 20)
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "qs" / "config.yaml").read_text())["compile"] is False
@@ -167,3 +167,13 @@ def test_run_commands_default_to_the_runs_data_and_refuse_other_sizes(cli, tmp_p
     assert "trained on (1, 8, 8)" in one_line_error(cli("classify", tmp_path / "run", "--data", "mnist5k", "--limit", 10))
     assert "trained on (1, 8, 8)" in one_line_error(cli("features", tmp_path / "run", "--data", "mnist5k:test",
                                                         "--out", tmp_path / "f.npz"))
+    assert "lie in [0, 1]" in one_line_error(cli("features", tmp_path / "run", "--t", "2,0.1", "--out", tmp_path / "f.npz"))
+
+
+def test_labels_for_an_unconditional_run_are_refused():
+    from diffrep.errors import DiffrepError
+    from diffrep.generate import make_labels
+
+    assert make_labels("balanced", 4, num_classes=0) is None
+    with pytest.raises(DiffrepError, match="unconditional"):
+        make_labels("3", 4, num_classes=0)

@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(see `diffrep plugins`)")
     t.add_argument("--seed", type=int)
     t.add_argument("--ckpt-every", type=non_negative_int, help="checkpoint every N steps (and at the end, and on Ctrl-C)")
-    t.add_argument("--keep-last", type=non_negative_int, help="checkpoints to keep")
+    t.add_argument("--keep-last", type=non_negative_int, help="checkpoints to keep (0: all)")
     t.add_argument("--log-every", type=non_negative_int)
     t.add_argument("--grid-every", type=non_negative_int, help="sample-grid PNG every N steps (0: never)")
     t.add_argument("--eval-every", type=non_negative_int, help="evaluate EMA samples every N steps (0: never): eval.jsonl, "
@@ -152,7 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--n", type=positive_int, default=1000, help="samples to judge")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the net (off in the preset: over 1,000 CPU steps compiling costs more than it saves)")
+                   help="torch.compile the net (off in the preset: over 800 CPU steps compiling costs more than it saves)")
 
     e = sub.add_parser("eval", help="metrics × encoders between generated and reference images", formatter_class=fmt,
                        description="Evaluate GEN against REF. GEN/REF: a folder of images, an .npz (ADM layout: arr_0 "
@@ -298,7 +298,7 @@ def cmd_train(a) -> int:
     trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device, progress=not a.no_progress)
     step = trainer.run()
     if trainer.world.is_main:
-        print(f"trained {step} steps → {a.out} (checkpoints/, metrics.jsonl, tb/, grids/)")
+        print(f"trained {step} steps → {a.out} ({_run_contents(a.out)})")
     return 0
 
 
@@ -416,10 +416,16 @@ def cmd_quickstart(a) -> int:
     with atomic_write(a.out / "quickstart.json", "w") as f:
         json.dump({"train_seconds": round(train_s, 1), "steps": cfg.steps, "n_samples": a.n,
                    "results": dict(rows)}, f, indent=1)
-    print(f"\ntrained in {train_s / 60:.1f} min; run: {a.out} (checkpoints/, metrics.jsonl, tb/, grids/)")
+    print(f"\ntrained in {train_s / 60:.1f} min; run: {a.out} ({_run_contents(a.out)})")
     print(f"samples: {a.out}/samples_nocfg.npz, {a.out}/samples_cfg.npz (+ .png grids); numbers: {a.out}/quickstart.json\n")
     print(_judge_table(rows))
     return 0
+
+
+def _run_contents(run: Path) -> str:
+    """What a training run wrote, for the closing message."""
+    names = ("checkpoints/", "metrics.jsonl", "eval.jsonl", "tb/", "grids/")
+    return ", ".join(n for n in names if (Path(run) / n.rstrip("/")).exists())
 
 
 def _device(name: str) -> str:

@@ -122,8 +122,8 @@ FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 
 PRESETS: dict[str, tuple[str, dict]] = {
     "quickstart": (
-        "UNet-S (1.1M params), flow matching, class-conditional mnist5k; the README's main job (about 9.5 min on 2 CPU cores)",
-        {"model": "UNet-S", "process": "flow", "steps": 1000, "batch_size": 128, "lr": 2e-3, "warmup": 100,
+        "UNet-S (1.1M params), flow matching, class-conditional mnist5k; the README's main job (7.5–10 min on 2 CPU cores)",
+        {"model": "UNet-S", "process": "flow", "steps": 800, "batch_size": 128, "lr": 2e-3, "warmup": 100,
          "ema_decay": 0.999, "ckpt_every": 250, "grid_every": 500},
     ),
     "dit-tiny": (

@@ -21,6 +21,8 @@ from diffrep.samplers import get_sampler, initial_noise
 
 def make_labels(spec: str | int | None, n: int, num_classes: int, seed: int = 0) -> torch.Tensor | None:
     """``balanced`` (image i shows class i mod C), ``random``, a single class index, or ``None`` (unconditional)."""
+    if num_classes == 0 and spec not in (None, "none", "balanced"):
+        raise DiffrepError(f"--labels {spec}: the run is unconditional (trained without labels); drop --labels")
     if num_classes == 0 or spec is None or spec == "none":
         return None
     if spec == "balanced":

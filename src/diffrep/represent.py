@@ -72,6 +72,10 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
     every block; the pooled features are averaged over the ``noise_draws`` draws of ε."""
     if noise_draws < 1:
         raise DiffrepError(f"noise_draws must be at least 1, got {noise_draws}")
+    outside = [t for t in times if not 0 <= t <= process.t_max]
+    if outside:
+        raise DiffrepError(f"--t {','.join(f'{t:g}' for t in outside)}: noise levels of the {process.name} process lie "
+                           f"in [0, {process.t_max:g}]")
     device = next(net.parameters()).device
     denoiser = process.denoiser(net, autocast)
     out: dict[tuple[str, float], list[torch.Tensor]] = {(b, t): [] for b in blocks for t in times}
