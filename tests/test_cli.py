@@ -140,6 +140,7 @@ def test_bad_values_files_and_options_get_one_line_errors(cli, tmp_path, capsys)
     assert "unknown --device 'gpu'" in one_line_error(cli("train", *SMOKE, "--device", "gpu", "--out", tmp_path / "r"))
     assert "has a fixed size" in one_line_error(cli("train", *SMOKE, "--image-size", 16, "--out", tmp_path / "r"))
     assert "vp only" in one_line_error(cli("train", *SMOKE, "--prediction", "v", "--out", tmp_path / "r"))
+    assert "unknown foo" in one_line_error(cli("train", *SMOKE, "--eval-metrics", "fd,foo", "--out", tmp_path / "r"))
     assert "needs a value, e.g. depth=2" in one_line_error(cli("train", *SMOKE, "--plugin", "repa:depth", "--out", tmp_path / "r"))
     assert "must be deeper" in one_line_error(
         cli("train", *SMOKE, "--plugin", "sra:student_block=3,teacher_block=2", "--out", tmp_path / "r"))

@@ -88,7 +88,7 @@ class TrainConfig:
             raise DiffrepError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise DiffrepError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
-        if self.eval_every:
+        if self.eval_every or (self.eval_metrics, self.eval_encoders) != ("fd", "reference"):
             self._validate_eval()
         from diffrep.plugins import parse_plugin
 

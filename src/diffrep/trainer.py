@@ -568,8 +568,9 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              "(signal again to stop at once, without one)", file=sys.stderr, flush=True)
+        if distributed.current().is_main:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+                  "(signal again to stop at once, without one)", file=sys.stderr, flush=True)
 
 
 def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") -> tuple[nn.Module, object, TrainConfig, dict]:
