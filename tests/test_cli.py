@@ -135,6 +135,8 @@ def test_bad_values_files_and_options_get_one_line_errors(cli, tmp_path, capsys)
     from diffrep.config import make_config, read_yaml_config
 
     assert make_config({"lr": read_yaml_config(tmp_path / "c.yaml")["lr"]}).lr == 0.001
+    assert make_config({"hflip": 1, "plugins": ("sra",)}).hflip is True
+    assert make_config({"process": "edm", "prediction": "v"}).prediction == "v"     # runs saved so still load
     assert "steps: expected a whole number, got 'ten'" in one_line_error(
         cli("train", *SMOKE, "--config", tmp_path / "c.yaml", "--out", tmp_path / "r"))
     assert "unknown --device 'gpu'" in one_line_error(cli("train", *SMOKE, "--device", "gpu", "--out", tmp_path / "r"))

@@ -16,7 +16,7 @@ from diffrep.checkpoint import latest_checkpoint, list_checkpoints
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.plugins import Plugin
-from diffrep.trainer import CompiledOrEager, Trainer, TrainingDiverged, build_model
+from diffrep.trainer import CompiledOrEager, StopRequest, Trainer, TrainingDiverged, build_model
 
 
 def weights(run) -> dict[str, torch.Tensor]:
@@ -94,6 +94,20 @@ class InterruptDuring(Plugin):
         return {}
 
 
+def test_an_interrupt_during_the_last_step_lets_the_run_finish(tmp_path):
+    cfg = make_config(preset("smoke"), {"steps": 3, "ckpt_every": 10})
+    assert Trainer(cfg, tmp_path, plugins=[InterruptDuring(2)], progress=False).run() == 3
+
+
+def test_a_signal_repeated_at_once_counts_once_and_handlers_are_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)          # as torchrun forwards what Slurm also sent: no KeyboardInterrupt
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_an_interrupt_during_a_step_checkpoints_that_step_whole(tmp_path):
     cfg = dict(preset("smoke"), steps=20, ckpt_every=10)
     with pytest.raises(KeyboardInterrupt):
@@ -139,6 +153,7 @@ def test_a_damaged_newer_checkpoint_is_set_aside_not_kept_in_place_of_good_ones(
     assert cli("train", *SMOKE, "--steps", 20, "--out", tmp_path)[0] == 0
     damaged = tmp_path / "checkpoints/step_0000020/model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:100])
+    (tmp_path / "checkpoints/step_0000010_backup").mkdir()        # a user's copy: not a checkpoint name
     code, _, err = cli("train", "--resume", "--steps", 15, "--ckpt-every", 5, "--keep-last", 1, "--no-progress",
                        "--out", tmp_path)
     assert code == 0, err

@@ -74,10 +74,6 @@ class TrainConfig:
             raise DiffrepError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.process not in PROCESSES:
             raise DiffrepError(f"unknown process {self.process!r}: choose one of {', '.join(PROCESSES)}")
-        if self.process != "vp" and (self.prediction != "eps" or self.schedule != "linear"):
-            raise DiffrepError(f"--prediction and --schedule apply to --process vp only (this run: {self.process})")
-        if self.process != "flow" and self.time_sampling != "uniform":
-            raise DiffrepError(f"--time-sampling applies to --process flow only (this run: {self.process})")
         if self.adamw_impl not in ADAMW_IMPLS:
             raise DiffrepError(f"unknown --adamw-impl {self.adamw_impl!r}: choose one of {', '.join(ADAMW_IMPLS)}")
         if self.precision not in ("bf16", "fp32"):
@@ -89,14 +85,29 @@ class TrainConfig:
         if not 0.0 <= self.label_dropout < 1.0:
             raise DiffrepError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
         if self.eval_every or (self.eval_metrics, self.eval_encoders) != ("fd", "reference"):
-            self._validate_eval()
+            self._validate_eval_names()
+        if self.eval_every and self.eval_samples < 10:
+            raise DiffrepError(f"--eval-samples must be at least 10, got {self.eval_samples}")
         from diffrep.plugins import parse_plugin
 
         for spec in self.plugins:
             parse_plugin(spec)
         return self
 
-    def _validate_eval(self) -> None:
+    def refuse_ignored_options(self) -> None:
+        """Refuse options that a new run would silently ignore.  Not part of :meth:`validate`, so that runs
+        saved before this check (with such an option recorded) still load and resume."""
+        from diffrep.data import BUILTIN
+
+        if self.process != "vp" and (self.prediction != "eps" or self.schedule != "linear"):
+            raise DiffrepError(f"--prediction and --schedule apply to --process vp only (this run: {self.process})")
+        if self.process != "flow" and self.time_sampling != "uniform":
+            raise DiffrepError(f"--time-sampling applies to --process flow only (this run: {self.process})")
+        if self.image_size is not None and (self.data in BUILTIN or self.data.endswith(".npz")):
+            raise DiffrepError(f"--image-size resizes the images of a folder; {self.data} has a fixed size: "
+                               "drop --image-size")
+
+    def _validate_eval_names(self) -> None:
         from diffrep.encoders import ENCODERS
         from diffrep.evaluate import METRICS
 
@@ -105,8 +116,6 @@ class TrainConfig:
             unknown = [n for n in names.split(",") if n not in valid]
             if unknown:
                 raise DiffrepError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
-        if self.eval_samples < 10:
-            raise DiffrepError(f"--eval-samples must be at least 10, got {self.eval_samples}")
 
     def identity(self) -> dict:
         """The fields that define the training trajectory (everything a resume must keep)."""
@@ -181,13 +190,16 @@ def _typed(name: str, value: object) -> object:
     if value is None and kind.endswith("| None"):
         return None
     base = kind.split(" |")[0]
-    if base == "bool" and isinstance(value, bool):
-        return value
+    if base == "bool" and (isinstance(value, bool) or value in (0, 1)):
+        return bool(value)
     if base == "int" and not isinstance(value, bool):
         if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
             return int(value)
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
     if base == "float" and not isinstance(value, bool):
         try:
             return float(value)
@@ -195,8 +207,8 @@ def _typed(name: str, value: object) -> object:
             pass
     if base == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    if base == "list[str]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return value
+    if base == "list[str]" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
     expected = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string",
                 "list[str]": "a list of strings, e.g. [\"repa:depth=2\"]"}[base]
     raise DiffrepError(f"config option {name}: expected {expected}, got {value!r}")

@@ -133,13 +133,16 @@ def _resize_center(img, size: int):
 
 
 def _as_8bit(im):
-    """A copy of ``im``; 16-bit (``I;16``) and integer (``I``) greyscale scaled to 8 bits (÷ 257, so
-    65535 → 255), which Pillow's ``convert("L")`` would clip at 255 instead."""
+    """A copy of ``im``; 16-bit greyscale (``I;16``, or ``I`` holding values above 255) scaled to 8 bits
+    (÷ 257, so 65535 → 255), which Pillow's ``convert("L")`` would clip at 255 instead."""
     from PIL import Image
 
     if not im.mode.startswith("I"):
         return im.copy()
-    return Image.fromarray(np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8), "L")
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode.startswith("I;16") or a.max() > 255:
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
 
 
 def load_folder(path: Path, image_size: int | None = None) -> ImageSet:
@@ -232,7 +235,8 @@ def load_npz(path: Path) -> ImageSet:
     y = arrays.get("arr_1", arrays.get("labels"))
     if y is None:
         return ImageSet(images, None, 0, str(path))
-    if y.shape != (len(images),) or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+    whole = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and (y == np.round(y)).all())
+    if y.shape != (len(images),) or not whole or (y < 0).any():
         raise DiffrepError(f"{path}: labels must be {len(images)} non-negative integers (one per image), "
                            f"got {y.dtype} of shape {y.shape}")
     labels = torch.from_numpy(y.astype(np.int64))
@@ -240,10 +244,9 @@ def load_npz(path: Path) -> ImageSet:
 
 
 def load_dataset(spec: str, split: str = "train", image_size: int | None = None) -> ImageSet:
-    """Resolve ``spec``: a built-in name (``mnist5k``), an ``.npz`` file or a folder of images."""
+    """Resolve ``spec``: a built-in name (``mnist5k``), an ``.npz`` file or a folder of images (``image_size``
+    resizes a folder's images; built-in and ``.npz`` data keep their size)."""
     path = Path(spec)
-    if image_size is not None and (spec in BUILTIN or path.suffix == ".npz"):
-        raise DiffrepError(f"--image-size resizes the images of a folder; {spec} has a fixed size: drop --image-size")
     if spec in BUILTIN:
         return load_builtin(spec, split)
     if path.suffix == ".npz":

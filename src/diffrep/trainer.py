@@ -270,6 +270,8 @@ class Trainer:
                                    "use the same options or a new --out")
         elif ckpt is not None or (self.out / "config.yaml").exists():
             raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out")
+        else:
+            self.cfg.refuse_ignored_options()
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         return ckpt
 
@@ -452,7 +454,7 @@ class Trainer:
                         self.save_grid()
                     if boundary[3] or (cfg.eval_every and self.step == cfg.steps):
                         self.evaluate(writer)
-                    if self._stop_requested(stop, boundary[0] or self.step == cfg.steps):
+                    if self.step < cfg.steps and self._stop_requested(stop, boundary[0]):
                         self._check_finite(bad_step, last_good)
                         if self.step > last_good:
                             self.save()
@@ -473,11 +475,14 @@ class Trainer:
                                    f"step {last_good} in {self.out / 'checkpoints'} (try a lower --lr or --precision fp32)")
 
     def _stop_requested(self, stop: "StopRequest", at_log_step: bool) -> bool:
-        """Whether to stop after this step: at once for one process; under torchrun at logging steps,
-        where the ranks agree (a collective there, so that every rank stops after the same step)."""
+        """Whether to stop after this step: at once for one process; under torchrun the ranks agree (a
+        collective, so that every rank stops after the same step) at logging steps and every
+        :data:`STOP_CHECK_EVERY` steps, well inside torchrun's 30 s between forwarding a signal and killing."""
         if self.world.size == 1:
             return stop.requested
-        return at_log_step and bool(distributed.max_over_ranks(torch.tensor(float(stop.requested), device=self.device)))
+        if not (at_log_step or self.step % STOP_CHECK_EVERY == 0):
+            return False
+        return bool(distributed.max_over_ranks(torch.tensor(float(stop.requested), device=self.device)))
 
     def _log(self, record: dict, writer) -> None:
         with open(self.out / "metrics.jsonl", "a") as f:
@@ -540,6 +545,8 @@ class Trainer:
 
 NO_BAD_STEP = 2**62
 """``bad_step``'s value while every loss has been finite."""
+STOP_CHECK_EVERY = 5
+"""Under torchrun, how often (in steps) the ranks agree on a stop request (a host sync each time)."""
 
 
 class StopRequest:
@@ -547,12 +554,17 @@ class StopRequest:
 
     The loop then checkpoints the finished step and stops (``KeyboardInterrupt``), so a checkpoint
     never holds a half-done step (an optimiser update without its step count).  A second signal
-    stops at once, without a checkpoint: the last one on disk is intact.  Outside the main thread
-    (where Python cannot install handlers) signals keep their usual effect.
+    stops at once, without a checkpoint: the last one on disk is intact.  Repeats within
+    :attr:`REPEAT_S` seconds count as the first (torchrun forwards the signal a worker may also get
+    from the terminal or from Slurm).  Outside the main thread (where Python cannot install
+    handlers) signals keep their usual effect.
     """
+
+    REPEAT_S = 2.0
 
     def __init__(self):
         self.requested = False
+        self._first: float | None = None
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -565,9 +577,11 @@ class StopRequest:
             signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self._first is not None:
+            if time.monotonic() - self._first > self.REPEAT_S:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = True, time.monotonic()
         if distributed.current().is_main:
             print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
                   "(signal again to stop at once, without one)", file=sys.stderr, flush=True)
