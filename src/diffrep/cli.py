@@ -495,7 +495,6 @@ def cmd_features(a) -> int:
 
     from diffrep import distributed
     from diffrep.encoders import get_encoder
-    from diffrep.evaluate import load_eval_set
     from diffrep.features import extract_features
     from diffrep.io import save_npz
 
@@ -503,9 +502,7 @@ def cmd_features(a) -> int:
         return _run_features(a)
     name = a.encoder or "reference"
     encoder = get_encoder(name, _encoder_weights(a.encoder_weights, [name]).get(name), a.resize)
-    images = load_eval_set(a.source, a.image_size)
-    if images.images is None:
-        raise DiffrepError(f"{a.source} holds statistics only, no images to encode")
+    images = _images_to_encode(a.source, a.image_size)
     encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=a.precision,
                                device=_device(a.device), cache=_cache(a), progress=not a.no_progress)
     if distributed.current().is_main:
@@ -518,22 +515,29 @@ def cmd_features(a) -> int:
     return 0
 
 
+def _images_to_encode(spec: str, image_size: int | None):
+    """``load_eval_set(spec)``, refusing a set that holds statistics only."""
+    from diffrep.evaluate import load_eval_set
+
+    images = load_eval_set(spec, image_size)
+    if images.images is None:
+        raise DiffrepError(f"{spec} holds statistics only, no images to encode")
+    return images
+
+
 def _run_features(a) -> int:
     import numpy as np
 
-    from diffrep.evaluate import load_eval_set
+    from diffrep.data import BUILTIN
     from diffrep.io import save_npz
     from diffrep.represent import diffusion_features, resolve_blocks
-    from diffrep.data import BUILTIN
     from diffrep.trainer import check_images_fit_run, load_run
 
     net, process, cfg, info = load_run(a.source, "ema", a.device)
     if a.data is None and cfg.data not in BUILTIN:
         raise DiffrepError(f"{a.source} was trained on {cfg.data}: pass --data with the images to encode")
     data = a.data or f"{cfg.data}:test"
-    images = load_eval_set(data, a.image_size)
-    if images.images is None:
-        raise DiffrepError(f"{data} holds statistics only, no images to encode")
+    images = _images_to_encode(data, a.image_size)
     check_images_fit_run(images.images, info, a.source, data)
     blocks = resolve_blocks(a.blocks, net.tap_names)
     feats = diffusion_features(net, process, images.images, blocks=blocks, times=_floats(a.t, "--t"), pooling=a.pool,
