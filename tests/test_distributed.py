@@ -27,9 +27,10 @@ def torchrun(nproc: int, *args, timeout: float = 300) -> subprocess.CompletedPro
 
 def test_two_processes_train_the_same_weights_as_one(tmp_path):
     """With a plug-in that initialises the net (ERW's warm-up runs on every rank, rank 0's result is
-    broadcast) and has a trainable head outside the DDP-wrapped net (its gradients averaged too)."""
+    broadcast) and has a trainable head outside the DDP-wrapped net (its gradients averaged too),
+    and plug-ins that draw per sample (SRA's teacher times, CEP's perturbations: sliced by rank)."""
     args = ["train", *SMOKE, "--steps", 6, "--ckpt-every", 6, "--precision", "fp32", "--grad-accum", 2,
-            "--plugin", "erw:warmup_steps=2"]
+            "--plugin", "erw:warmup_steps=2", "--plugin", "sra", "--plugin", "cep"]
     torchrun(1, *args, "--out", tmp_path / "one")
     two = torchrun(2, *args, "--out", tmp_path / "two")
     assert two.stdout.count("trained 6 steps") == 1, "only rank 0 prints"

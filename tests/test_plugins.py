@@ -12,6 +12,7 @@ from diffrep.checkpoint import latest_checkpoint
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
+from diffrep.rng import BatchDraws
 from diffrep.plugins import WarmStart, build_plugins, match_token_grid, parse_plugin, schedule_factor
 from diffrep.trainer import Trainer, load_run
 from test_trainer import assert_bit_identical, weights
@@ -119,6 +120,22 @@ def test_all_new_plugins_combine_and_resume_exactly(cli, tmp_path):
         assert all(any(k.startswith(p.split(":")[0] + "/") for k in record) for p in plugins if p.split(":")[0] in ("erw", "context", "umd"))
 
 
+@pytest.mark.parametrize("plugins", [("sra", "cep"), ("umd",)])
+def test_plugin_draws_do_not_depend_on_micro_batches_and_a_resume_may_change_them(cli, tmp_path, plugins):
+    """SRA's teacher times, CEP's perturbations and UMD's masks and branch are drawn for the global
+    batch and sliced: 1 micro-batch, and 2 then (after a resume) 4, train the same weights up to rounding."""
+    spec = [a for p in plugins for a in ("--plugin", p)]
+    args = ["train", *SMOKE, "--model", "DiT-T/4", *spec, "--steps", 4, "--ckpt-every", 2, "--precision", "fp32"]
+    assert cli(*args, "--out", tmp_path / "one")[0] == 0
+    assert cli(*args, "--steps", 2, "--grad-accum", 2, "--out", tmp_path / "split")[0] == 0
+    code, _, err = cli("train", "--steps", 4, "--grad-accum", 4, "--resume", "--no-progress", "--out", tmp_path / "split")
+    assert code == 0, err
+    a, b = ({**weights(run), **latest_checkpoint(run).weights("heads")} for run in (tmp_path / "one", tmp_path / "split"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)
+
+
 def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli, tmp_path):
     from diffrep.loss import Batch
     from diffrep.plugins import CEP, CepOptions
@@ -136,7 +153,7 @@ def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli
 
     clean = hidden()
     batch = Batch(x, y, t, torch.zeros_like(x))
-    cep.transform_batch(batch, 0, torch.Generator().manual_seed(0))
+    cep.transform_batch(batch, 0, BatchDraws(torch.Generator().manual_seed(0), 2))
     net.eval()
     assert torch.equal(hidden(), clean), "never in eval mode"
     net.train()
@@ -205,7 +222,7 @@ def test_umd_drops_masked_tokens_and_restores_them_for_the_decoder():
     for block in net.blocks:            # after UMD's hooks: records what each block receives
         block.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
     x = torch.randn(3, 1, 16, 16)
-    batch = umd.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, torch.Generator().manual_seed(0))
+    batch = umd.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 3))
     assert batch.loss_weight.shape == (3, 1, 16, 16) and batch.loss_weight.mean() == 0.5, "denoising loss on visible patches"
     net(x, batch.t, None)
     assert seen == [8] * 4 + [16] * 2, "4 of 16 tokens × 0.5 kept in the encoder, all 16 in the last 2 blocks"
@@ -214,13 +231,13 @@ def test_umd_drops_masked_tokens_and_restores_them_for_the_decoder():
     assert seen == [16] * 6, "sampling-time forwards see every token"
     clean = UMD(UmdOptions(clean_fraction=0.999))
     clean.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16))
-    batch = clean.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, torch.Generator().manual_seed(0))
+    batch = clean.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 3))
     assert torch.all(batch.t == 0) and batch.loss_weight.sum() == 0, "clean branch: t = 0, x0 loss on masked patches only"
     late = UMD(UmdOptions(unmask_after=10))
     late.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16))
     plain = Batch(x, None, torch.rand(3), torch.randn_like(x))
-    assert late.transform_batch(plain, 9, torch.Generator()).loss_weight is not None
-    assert late.transform_batch(plain, 10, torch.Generator()) is plain and late.loss_terms(plain, None, 10, None) == {}
+    assert late.transform_batch(plain, 9, BatchDraws(torch.Generator(), 3)).loss_weight is not None
+    assert late.transform_batch(plain, 10, BatchDraws(torch.Generator(), 3)) is plain and late.loss_terms(plain, None, 10, None) == {}
 
 
 def test_context_targets_are_the_neighbouring_patches():

@@ -125,7 +125,8 @@ class TrainConfig:
 RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "grid_every", "grid_sampler", "grid_steps",
                               "eval_every", "eval_samples", "eval_metrics", "eval_encoders",
                               # speed options: a resume may switch them (bit-identity needs the same ones)
-                              "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic", "fsdp"})
+                              "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic", "fsdp",
+                              "grad_accum"})
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from diffrep.errors import DiffrepError
 from diffrep.loss import Batch, LossOutput
+from diffrep.rng import BatchDraws
 
 
 @dataclass
@@ -66,7 +67,10 @@ class Plugin(nn.Module):
         (ERW's warm-up).  Returns whether it did; the EMA then starts from the new weights."""
         return False
 
-    def transform_batch(self, batch: Batch, step: int, generator: torch.Generator) -> Batch:
+    def transform_batch(self, batch: Batch, step: int, draws: BatchDraws) -> Batch:
+        """Change a micro-batch before the forward pass.  Random draws come from ``draws``: made for
+        the step's global batch and sliced to this micro-batch's rows, so a run does not depend
+        on the number of processes or micro-batches."""
         return batch
 
     def loss_terms(self, batch: Batch, output: LossOutput, step: int, ema: nn.Module) -> dict[str, torch.Tensor]:
@@ -309,7 +313,7 @@ class SRA(Plugin):
 
     No external encoder: the teacher is the EMA model at a *less noisy* time
     ``t' = max(t_min, t − time_gap·t_max·u)``, ``u ~ U(0, 1)`` (drawn per sample from the step's
-    plug-in generator; under EDM the gap is taken in the flow time σ/(1 + σ):
+    plug-in draws; under EDM the gap is taken in the flow time σ/(1 + σ):
     :meth:`~diffrep.processes.Process.less_noisy`), with the same noise and labels and no gradient.  The student's tokens after
     ``student_block`` pass through a head Linear(D→2D)–SiLU–Linear(2D→D_teacher) and are pulled to
     the teacher's tokens after ``teacher_block``: loss ``weight·(1 − mean cos)`` (the paper moved
@@ -331,8 +335,8 @@ class SRA(Plugin):
         d_teacher = _token_dim(_hidden_shape(ema, image_shape, self.teacher_tap))
         self.head = _mlp([d_student, 2 * d_student, d_teacher])
 
-    def transform_batch(self, batch, step, generator):
-        self._u = torch.rand(batch.t.shape[0], generator=generator).to(batch.t.device)
+    def transform_batch(self, batch, step, draws):
+        self._u = draws.uniform().to(batch.t.device)
         return batch
 
     def loss_terms(self, batch, output, step, ema):
@@ -361,8 +365,8 @@ class CEP(Plugin):
 
     During the student's training forward passes a small random δ is added to the class
     embedding (a forward hook on the net's label embedding; the EMA net, sampling and
-    evaluation never see it).  δ is drawn from the step's plug-in generator, so a resume stays
-    exact.  It adds no loss term.
+    evaluation never see it).  δ is drawn per sample from the step's plug-in draws, so a resume
+    stays exact and the run does not depend on the number of processes or micro-batches.  It adds no loss term.
     """
 
     name = "cep"
@@ -372,7 +376,7 @@ class CEP(Plugin):
         if options.noise not in ("uniform", "gaussian"):
             raise DiffrepError(f"cep: noise={options.noise!r}: choose uniform or gaussian")
         self.options = options
-        self._generator: torch.Generator | None = None
+        self._draws: BatchDraws | None = None
         self._step = 0
 
     def setup(self, net, ema, process, image_shape) -> None:
@@ -380,20 +384,20 @@ class CEP(Plugin):
             raise DiffrepError("cep perturbs the class embedding: it needs a class-conditional model")
         net.y_embedder.register_forward_hook(self._perturb)
 
-    def transform_batch(self, batch, step, generator):
-        self._generator, self._step = generator, step
+    def transform_batch(self, batch, step, draws):
+        self._draws, self._step = draws, step
         return batch
 
     def _perturb(self, module: nn.Module, inputs, embedding: torch.Tensor) -> torch.Tensor:
-        if not module.training or self._generator is None:
+        if not module.training or self._draws is None:
             return embedding
         scale = self.options.gamma / math.sqrt(embedding.shape[-1]) * schedule_factor(self.options.schedule,
                                                                                         self._step)
+        draw = self._draws.uniform if self.options.noise == "uniform" else self._draws.normal
+        delta = draw(*embedding.shape[1:])
         if self.options.noise == "uniform":
-            delta = 2 * torch.rand(embedding.shape, generator=self._generator) - 1
-        else:
-            delta = torch.randn(embedding.shape, generator=self._generator)
-        self._generator = None                     # one draw per micro-batch
+            delta = 2 * delta - 1
+        self._draws = None                         # one draw per micro-batch
         return embedding + scale * delta.to(embedding)
 
 
@@ -437,7 +441,7 @@ class SelfCond(Plugin):
 
 @dataclass
 class UmdOptions:
-    clean_fraction: float = 0.5     # share of micro-batches on the clean (MAE) branch
+    clean_fraction: float = 0.5     # share of steps on the clean (MAE) branch
     clean_mask: float = 0.75        # mask ratio of the clean branch
     noisy_mask: float = 0.375       # mask ratio of the noised branch
     decoder_blocks: int = 2         # the last blocks see every token, with a mask token where masked
@@ -449,7 +453,7 @@ class UmdOptions:
 class UMD(Plugin):
     """UMD — unified masked diffusion (Hansen-Estruch et al., arXiv 2406.17688), for DiTs.
 
-    A micro-batch takes one of two branches: with probability ``clean_fraction`` the clean image
+    A step's batch takes one of two branches: with probability ``clean_fraction`` the clean image
     (``t = t_min``) with ``clean_mask`` of its patches masked and only an MAE-style x0 loss on
     the masked patches; otherwise the noised image with ``noisy_mask`` masked, the usual
     denoising loss on the visible patches and the x0 loss on the masked ones.  Masked tokens are
@@ -458,8 +462,9 @@ class UMD(Plugin):
     the net's raw output is read as x0.  Sampling uses every token and never sees the mask
     token, which is a head (not exported).  The mask stays set until the next micro-batch, so
     activation checkpointing's recomputation masks alike.  diffrep's choice: the paper splits every batch
-    between the branches; here each micro-batch takes one branch (same mixture in expectation),
-    so there is still one forward per micro-batch.  Taps of the encoder blocks hold the visible
+    between the branches; here the whole batch of a step takes one branch (same mixture in
+    expectation), so there is still one forward per micro-batch, and the branch does not depend
+    on how the batch is split over processes and micro-batches.  Taps of the encoder blocks hold the visible
     tokens only: combine with plug-ins that tap the decoder blocks.  ``unmask_after`` ends the
     masking at a step, for a final phase of plain training (MaskDiT's unmasked fine-tuning,
     arXiv 2306.09305, which closes the gap between masked training and unmasked sampling).
@@ -497,14 +502,14 @@ class UMD(Plugin):
                                f"tokens (umd's encoder is blocks 1…{k}): tap block{k + 1} or later "
                                f"(e.g. repa:depth={k + 1}), or raise umd:decoder_blocks")
 
-    def transform_batch(self, batch, step, generator):
+    def transform_batch(self, batch, step, draws):
         if 0 < self.options.unmask_after <= step:
             self._keep = self._masked = None
             return batch
         n, tokens = batch.x0.shape[0], self.grid * self.grid
-        clean = bool(torch.rand((), generator=generator) < self.options.clean_fraction)
+        clean = draws.shared_uniform() < self.options.clean_fraction
         ratio = self.options.clean_mask if clean else self.options.noisy_mask
-        keep = torch.rand(n, tokens, generator=generator).argsort(1)[:, : tokens - round(ratio * tokens)]
+        keep = draws.uniform(tokens).argsort(1)[:, : tokens - round(ratio * tokens)]
         keep = keep.sort(1).values.to(batch.x0.device)
         masked = torch.ones(n, tokens, device=batch.x0.device).scatter(1, keep, 0.0).view(n, 1, self.grid, self.grid)
         self._keep = keep

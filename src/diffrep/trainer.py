@@ -5,8 +5,9 @@ from generators seeded by ``(seed, s)`` for the *global* batch, which each proce
 then slices.  So the trajectory is a function of the config alone: a resume needs
 only the step, the weights, the EMA and the optimiser state, and it continues
 bit-for-bit; the numbers do not depend on how the batch is split into micro-batches
-or processes — except the draws of plug-ins (SRA, CEP, UMD), which come per micro-batch
-from a stream of ``(seed, step, rank, micro-batch)``.
+or processes.  Plug-ins that draw randomness (SRA, CEP, UMD) get a
+:class:`~diffrep.rng.BatchDraws` of stream ``(seed, step, PLUGIN_STREAM)``: each draw made for
+the global batch, then sliced to the micro-batch.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ from diffrep.loss import Batch, denoising_loss
 from diffrep.nets import NULL_LABEL, UNet, build_net
 from diffrep.plugins import Plugin, WarmStart, build_plugins, plugin_net_options
 from diffrep.processes import make_process
-from diffrep.rng import keyed_generator
+from diffrep.rng import BatchDraws, keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
 
 BATCH_STREAM, EPOCH_STREAM, WARMUP_STREAM, PLUGIN_STREAM = 0, 1, 2, 3
 """Streams of :func:`step_generator`: the batch's draws, the epoch permutation, the draws of a plug-in's
-warm-up batches (:meth:`Plugin.initialize`), then one per micro-batch for plug-ins."""
+warm-up batches (:meth:`Plugin.initialize`), the plug-ins' draws of the step."""
 
 
 def step_generator(seed: int, step: int, stream: int = BATCH_STREAM) -> torch.Generator:
@@ -365,9 +366,9 @@ class Trainer:
         for k in range(cfg.grad_accum):
             start = self.world.rank * local + k * micro
             mb = _slice(batch, slice(start, start + micro), self.device)
-            g = step_generator(cfg.seed, step, PLUGIN_STREAM + self.world.rank * cfg.grad_accum + k)
+            draws = BatchDraws(step_generator(cfg.seed, step, PLUGIN_STREAM), cfg.batch_size, slice(start, start + micro))
             for p in self.plugins:
-                mb = p.transform_batch(mb, step, g)
+                mb = p.transform_batch(mb, step, draws)
             last = k == cfg.grad_accum - 1
             with self._gradient_sync(last):
                 out = denoising_loss(denoiser, mb, taps)
