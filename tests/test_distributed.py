@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,16 @@ def test_features_do_not_depend_on_the_number_of_processes(tmp_path):
     with np.load(tmp_path / "f1.npz") as one, np.load(tmp_path / "f2.npz") as two:
         assert one["features"].shape == (1000, 128)
         assert np.array_equal(one["features"], two["features"]) and np.array_equal(one["logits"], two["logits"])
+
+
+def test_evaluation_does_not_depend_on_the_number_of_processes(tmp_path):
+    for nproc in (1, 2):
+        torchrun(nproc, "eval", "mnist5k:test", "mnist5k:train", "--encoders", "reference,pixels",
+                 "--metrics", "fd,kid,prdc,is", "--batch-size", 96, "--no-cache", "--no-progress",
+                 "--out", tmp_path / f"e{nproc}.json")
+    one, two = (json.loads((tmp_path / f"e{n}.json").read_text()) for n in (1, 2))
+    values = [[(row["encoder"], row["metric"], row["values"]) for row in rows] for rows in (one["rows"], two["rows"])]
+    assert len(values[0]) == 8 and values[0] == values[1]
 
 
 def test_a_failing_rank_stops_the_job_instead_of_hanging(tmp_path):
