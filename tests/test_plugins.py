@@ -166,6 +166,41 @@ def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli
     assert_bit_identical(weights(tmp_path / "full"), weights(tmp_path / "part"))
 
 
+def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
+    """Dynamo does not guard on module hooks by default: a net with CEP's hook, compiled after a
+    plain net of the same class in one process, reused the plain graph (no perturbation), and a
+    plain net compiled after it took the hook's.  ``CompiledOrEager`` guards on hooks."""
+    from diffrep.loss import Batch
+    from diffrep.plugins import CEP, CepOptions
+    from diffrep.trainer import CompiledOrEager
+
+    x, t, y = torch.randn(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(0)
+        net = build_net("DiT-T/4", 8, 1, 10)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        return net
+
+    def perturbed(cep: CEP, forward) -> torch.Tensor:
+        cep.transform_batch(Batch(x, y, t, torch.zeros_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 2))
+        return forward(x, t, y)[0]
+
+    with torch.no_grad():
+        plain = net()
+        first = CompiledOrEager(plain)(x, t, y)[0]
+        hooked = net()
+        cep = CEP(CepOptions(gamma=1.0))
+        cep.setup(hooked, None, None, (1, 8, 8))
+        compiled, eager = perturbed(cep, CompiledOrEager(hooked)), perturbed(cep, hooked)
+        assert not torch.allclose(eager, first, atol=1e-3), "the hook changes the output"
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+        cep.transform_batch(Batch(x, y, t, torch.zeros_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 2))
+        torch.testing.assert_close(CompiledOrEager(net())(x, t, y)[0], plain(x, t, y)[0], atol=1e-5, rtol=1e-4)
+
+
 def test_erw_transfers_exactly_the_warmed_up_tensors(tmp_path):
     cfg = make_config(preset("smoke"), {"model": "DiT-T/4", "plugins": ["erw:depth=2,warmup_steps=3"], "precision": "fp32"})
     trainer = Trainer(cfg, tmp_path / "run", progress=False)   # a fresh run: the warm-up has run

@@ -178,6 +178,10 @@ class CompiledOrEager(nn.Module):
     under CPU bf16 autocast (torch 2.13) it zeroed the gradients of every U-Net level below the top
     one (a test compares with eager).  In channels-last memory the bug remains either way, so the
     trainer refuses ``--channels-last`` with ``--compile`` on the CPU.
+
+    Calls guard on the modules' hooks: by default Dynamo does not, so a net with plug-in hooks
+    (CEP's perturbation, UMD's masking) compiled in a process that had compiled a net of the same
+    class without them reused that graph and silently trained without the plug-in (and the reverse).
     """
 
     def __init__(self, module: nn.Module):
@@ -189,7 +193,8 @@ class CompiledOrEager(nn.Module):
     def forward(self, *args, **kwargs):
         if not self.failed:
             try:
-                return self.compiled(*args, **kwargs)
+                with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+                    return self.compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001 — any compiler failure falls back to eager
                 self.failed = True
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
