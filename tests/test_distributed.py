@@ -43,6 +43,18 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
     assert len(logs[0]) == len(logs[1]) == 2
 
 
+def test_compiled_ddp_with_accumulation_trains_the_weights_of_one_eager_process(tmp_path):
+    """torch.compile of the DDP-wrapped net, with 2 micro-batches under DDP's no_sync and CEP's hook
+    inside the compiled net."""
+    args = ["train", *SMOKE, "--model", "DiT-T/4", "--plugin", "cep", "--steps", 4, "--ckpt-every", 4,
+            "--precision", "fp32"]
+    torchrun(1, *args, "--out", tmp_path / "one")
+    torchrun(2, *args, "--compile", "--grad-accum", 2, "--out", tmp_path / "two")
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)
+
+
 def test_fsdp_trains_and_resumes_to_the_weights_of_one_process(tmp_path):
     """FSDP2 over 2 gloo processes, stopped at step 3 and resumed from its checkpoint (full tensors,
     re-sharded on load), with sample grids (the EMA is gathered on every rank) and a plug-in head
