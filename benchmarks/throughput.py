@@ -47,6 +47,7 @@ VARIANTS = {
     "adamw-fused": {"adamw_impl": "fused"},
     "adamw-for-loop": {"adamw_impl": "for-loop"},
     "compile": {"compile": True},
+    "compile-deterministic": {"compile": True, "deterministic": True},
     "grad-checkpoint": {"grad_checkpoint": True},
     "channels-last": {"channels_last": True},
 }
@@ -103,6 +104,7 @@ def profile_step(trainer: Trainer, step: int, top: int = 8) -> list[dict]:
 def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, device: torch.device,
             with_profile: bool = False) -> dict:
     preset_name, overrides = ROWS[name]
+    deterministic = torch.are_deterministic_algorithms_enabled()      # a --deterministic row sets it: restored below
     with tempfile.TemporaryDirectory() as out:
         data = {"data": str(latent_dataset(Path(out)))} if name in LATENT_ROWS else {}
         cfg = make_config(preset(preset_name), overrides, data, {"batch_size": batch_size, "warmup": 10, **VARIANTS[variant]})
@@ -120,6 +122,7 @@ def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, d
         float(loss)
         seconds = (time.perf_counter() - start) / steps
         ops = profile_step(trainer, warmup + 1 + steps) if with_profile else None
+    torch.use_deterministic_algorithms(deterministic)
     params = sum(p.numel() for p in trainer.net.parameters() if p.requires_grad)
     compiled = getattr(trainer.forward_net, "failed", None)
     return {"model": cfg.model, "params_M": round(params / 1e6, 2), "variant": variant, "precision": cfg.precision,

@@ -16,7 +16,8 @@ from diffrep.checkpoint import latest_checkpoint, list_checkpoints
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.plugins import Plugin
-from diffrep.trainer import CompiledOrEager, StopRequest, Trainer, TrainingDiverged, build_model
+from diffrep.trainer import (CompiledOrEager, StopRequest, Trainer, TrainingDiverged, build_model,
+                             use_deterministic_kernels)
 
 
 def weights(run) -> dict[str, torch.Tensor]:
@@ -265,6 +266,25 @@ def test_deterministic_selects_deterministic_kernels_and_may_change_on_resume(tm
     assert calls == []
     Trainer(make_config(vars(base), {"steps": 4, "deterministic": True}), tmp_path / "run", resume=True, progress=False).run()
     assert calls == [True]
+
+
+def test_deterministic_makes_compiled_cpu_gradients_reproducible():
+    """Inductor's CPU backward of an embedding adds the rows of one label in thread order (a
+    scatter-add): two compiled quickstart runs drifted apart through the label table alone.  With
+    ``--deterministic`` the compiled gradient is the same every time, and equal to eager."""
+    torch.manual_seed(0)
+    table, y, g = torch.nn.Embedding(11, 512), torch.randint(0, 11, (128,)), torch.randn(128, 512)
+    eager = torch.autograd.grad((table(y) * g).sum(), table.weight)[0]
+    was = torch.are_deterministic_algorithms_enabled()
+    try:
+        use_deterministic_kernels()
+        loss = torch.compile(lambda: (table(y) * g).sum())
+        for _ in range(10):
+            table.weight.grad = None
+            loss().backward()
+            assert torch.equal(table.weight.grad, eager)
+    finally:
+        torch.use_deterministic_algorithms(was)
 
 
 def test_compiled_unet_gets_the_gradients_of_eager_under_bf16():

@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the net (first steps compile; falls back to eager with a warning if it fails)")
     t.add_argument("--deterministic", action="store_true", default=None,
-                   help="deterministic GPU kernels, so a resumed CUDA run is bit-identical too (slower; the CPU always is)")
+                   help="deterministic kernels, so a resumed or repeated GPU run, or compiled CPU run, is bit-identical too "
+                        "(slower; eager CPU runs always are)")
     t.add_argument("--fsdp", action="store_true", default=None,
                    help="under torchrun: shard weights, gradients, optimizer and EMA over the processes (FSDP2) "
                         "instead of replicating them (DDP); for nets that do not fit one device")

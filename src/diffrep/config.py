@@ -37,7 +37,7 @@ class TrainConfig:
     grad_checkpoint: bool = False       # activation checkpointing per block (DiT and U-Net)
     channels_last: bool = False         # U-Net weights and activations in NHWC
     compile: bool = False               # torch.compile the net (falls back to eager if compiling fails)
-    deterministic: bool = False         # deterministic GPU kernels: bit-identical resume on CUDA too (slower)
+    deterministic: bool = False         # deterministic kernels: bit-identical GPU and compiled CPU runs (slower)
     fsdp: bool = False                  # under torchrun: shard weights, gradients, optimizer and EMA (FSDP2)
     # optimisation (DiT/SiT/REPA recipe: AdamW, constant lr after warm-up, no weight decay)
     steps: int = 2000

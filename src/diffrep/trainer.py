@@ -119,9 +119,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def use_deterministic_kernels() -> None:
-    """Deterministic CUDA kernels (cuBLAS with a fixed workspace, deterministic cuDNN algorithms and
-    scatter-adds, math attention): the same inputs give the same bits on a GPU, as they always do on
-    the CPU.  An op with no deterministic CUDA kernel warns (PyTorch names it) instead of stopping."""
+    """Deterministic kernels: on a GPU cuBLAS with a fixed workspace, deterministic cuDNN algorithms
+    and scatter-adds, math attention; on the CPU, where eager kernels always are, Inductor's compiled
+    scatter-adds (the label embedding's gradient otherwise adds its rows in thread order).  The same
+    inputs then give the same bits.  An op with no deterministic kernel warns (PyTorch names it)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
