@@ -12,8 +12,8 @@ from diffrep.checkpoint import latest_checkpoint
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
-from diffrep.rng import BatchDraws
 from diffrep.plugins import WarmStart, build_plugins, match_token_grid, parse_plugin, schedule_factor
+from diffrep.rng import BatchDraws
 from diffrep.trainer import Trainer, load_run
 from test_trainer import assert_bit_identical, weights
 
@@ -176,7 +176,7 @@ def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
 
     x, t, y = torch.randn(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])
 
-    def net() -> torch.nn.Module:
+    def make_net() -> torch.nn.Module:
         torch.manual_seed(0)
         net = build_net("DiT-T/4", 8, 1, 10)
         with torch.no_grad():
@@ -189,16 +189,16 @@ def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
         return forward(x, t, y)[0]
 
     with torch.no_grad():
-        plain = net()
+        plain = make_net()
         first = CompiledOrEager(plain)(x, t, y)[0]
-        hooked = net()
+        hooked = make_net()
         cep = CEP(CepOptions(gamma=1.0))
         cep.setup(hooked, None, None, (1, 8, 8))
         compiled, eager = perturbed(cep, CompiledOrEager(hooked)), perturbed(cep, hooked)
         assert not torch.allclose(eager, first, atol=1e-3), "the hook changes the output"
         torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
         cep.transform_batch(Batch(x, y, t, torch.zeros_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 2))
-        torch.testing.assert_close(CompiledOrEager(net())(x, t, y)[0], plain(x, t, y)[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(CompiledOrEager(make_net())(x, t, y)[0], plain(x, t, y)[0], atol=1e-5, rtol=1e-4)
 
 
 def test_erw_transfers_exactly_the_warmed_up_tensors(tmp_path):
