@@ -103,8 +103,16 @@ def profile_step(trainer: Trainer, step: int, top: int = 8) -> list[dict]:
 
 def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, device: torch.device,
             with_profile: bool = False) -> dict:
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:                # a --deterministic row sets the process-wide flag: restored for the next row
+        return measure_row(name, variant, batch_size, steps, warmup, device, with_profile)
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+
+
+def measure_row(name: str, variant: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+                with_profile: bool) -> dict:
     preset_name, overrides = ROWS[name]
-    deterministic = torch.are_deterministic_algorithms_enabled()      # a --deterministic row sets it: restored below
     with tempfile.TemporaryDirectory() as out:
         data = {"data": str(latent_dataset(Path(out)))} if name in LATENT_ROWS else {}
         cfg = make_config(preset(preset_name), overrides, data, {"batch_size": batch_size, "warmup": 10, **VARIANTS[variant]})
@@ -122,7 +130,6 @@ def measure(name: str, variant: str, batch_size: int, steps: int, warmup: int, d
         float(loss)
         seconds = (time.perf_counter() - start) / steps
         ops = profile_step(trainer, warmup + 1 + steps) if with_profile else None
-    torch.use_deterministic_algorithms(deterministic)
     params = sum(p.numel() for p in trainer.net.parameters() if p.requires_grad)
     compiled = getattr(trainer.forward_net, "failed", None)
     return {"model": cfg.model, "params_M": round(params / 1e6, 2), "variant": variant, "precision": cfg.precision,

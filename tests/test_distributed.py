@@ -49,7 +49,8 @@ def test_compiled_ddp_with_accumulation_trains_the_weights_of_one_eager_process(
     args = ["train", *SMOKE, "--model", "DiT-T/4", "--plugin", "cep", "--steps", 4, "--ckpt-every", 4,
             "--precision", "fp32"]
     torchrun(1, *args, "--out", tmp_path / "one")
-    torchrun(2, *args, "--compile", "--grad-accum", 2, "--out", tmp_path / "two")
+    two = torchrun(2, *args, "--compile", "--grad-accum", 2, "--out", tmp_path / "two")
+    assert "torch.compile failed" not in two.stderr, "compiled, not the eager fallback"
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)

@@ -194,7 +194,9 @@ def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
         hooked = make_net()
         cep = CEP(CepOptions(gamma=1.0))
         cep.setup(hooked, None, None, (1, 8, 8))
-        compiled, eager = perturbed(cep, CompiledOrEager(hooked)), perturbed(cep, hooked)
+        compiled_net = CompiledOrEager(hooked)
+        compiled, eager = perturbed(cep, compiled_net), perturbed(cep, hooked)
+        assert not compiled_net.failed, "compiled, not the eager fallback"
         assert not torch.allclose(eager, first, atol=1e-3), "the hook changes the output"
         torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
         cep.transform_batch(Batch(x, y, t, torch.zeros_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 2))

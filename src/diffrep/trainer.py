@@ -29,7 +29,7 @@ from torch import nn
 
 from diffrep import distributed
 from diffrep.checkpoint import latest_checkpoint, save_checkpoint
-from diffrep.config import TrainConfig, config_diff, load_run_config, save_config
+from diffrep.config import RESUMABLE_FIELDS, TrainConfig, config_diff, load_run_config, save_config
 from diffrep.data import BUILTIN, ImageSet, load_builtin, load_dataset, save_grid, to_model_range, to_uint8
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write
@@ -271,7 +271,8 @@ class Trainer:
                        else "run without --resume to start a new run")
                 raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; {fix}")
             old = load_run_config(self.out).identity()
-            diff = config_diff(ckpt.manifest["identity"], self.cfg.identity()) or config_diff(old, self.cfg.identity())
+            stored = {k: v for k, v in ckpt.manifest["identity"].items() if k not in RESUMABLE_FIELDS}  # made resumable since
+            diff = config_diff(stored, self.cfg.identity()) or config_diff(old, self.cfg.identity())
             if diff:
                 raise DiffrepError(f"--resume: the checkpoint in {self.out} was trained with a different config ({'; '.join(diff)}); "
                                    "use the same options or a new --out")
