@@ -372,8 +372,9 @@ class Trainer:
         self.parts: dict[str, torch.Tensor] = {}
         for k in range(cfg.grad_accum):
             start = self.world.rank * local + k * micro
-            mb = _slice(batch, slice(start, start + micro), self.device)
-            draws = BatchDraws(step_generator(cfg.seed, step, PLUGIN_STREAM), cfg.batch_size, slice(start, start + micro))
+            rows = slice(start, start + micro)              # of the global batch
+            mb = _slice(batch, rows, self.device)
+            draws = BatchDraws(step_generator(cfg.seed, step, PLUGIN_STREAM), cfg.batch_size, rows)
             for p in self.plugins:
                 mb = p.transform_batch(mb, step, draws)
             last = k == cfg.grad_accum - 1
