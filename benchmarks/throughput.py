@@ -6,7 +6,7 @@ measured before and after the rows: ``_common.PEAK_SHAPES``).  Model FLOPs are c
 ``torch.utils.flop_counter`` for one forward + backward of the net (the optimiser, EMA and data work
 count as overhead, as in the papers' MFU; activation checkpointing's recomputation too).  Each row
 times whole trainer steps (data drawing, forward, backward, clipping, AdamW, EMA) after warm-up
-steps (which include compiling, for ``compile``).  Rows: the defaults (bf16 autocast, foreach
+steps (which include compiling, for ``compile``).  Rows: the defaults (precision auto, foreach
 AdamW, eager), then one option changed at a time.  ``DiT-B/2`` trains on random 4×32×32 "latents"
 with 1,000 classes: the shape of DiT's ImageNet-256 setting (256 tokens per image).  On a GPU each
 row also checks that a timed step makes no host–device synchronisation (``host_syncs``: the number
@@ -37,13 +37,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffrep.config import make_config, preset
 from diffrep.trainer import Trainer
 
-ROWS = {"quickstart": ("quickstart", {}), "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {}),
+ROWS = {"quickstart": ("quickstart", {}), "quickstart-small": ("quickstart", {"model": "UNet-XS"}),
+        "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {}),
         "DiT-B/2": ("dit-s4", {"model": "DiT-B/2", "lr": 1e-4})}
 LATENT_ROWS = {"DiT-B/2"}
 """Rows trained on random 4×32×32 latents with 1,000 classes instead of mnist5k."""
 VARIANTS = {
-    "default": {},
+    "default": {},                      # precision auto: bf16 where the device computes it natively, else fp32
     "fp32": {"precision": "fp32"},
+    "bf16": {"precision": "bf16"},
     "adamw-fused": {"adamw_impl": "fused"},
     "adamw-for-loop": {"adamw_impl": "for-loop"},
     "compile": {"compile": True},
@@ -132,7 +134,8 @@ def measure_row(name: str, variant: str, batch_size: int, steps: int, warmup: in
         ops = profile_step(trainer, warmup + 1 + steps) if with_profile else None
     params = sum(p.numel() for p in trainer.net.parameters() if p.requires_grad)
     compiled = getattr(trainer.forward_net, "failed", None)
-    return {"model": cfg.model, "params_M": round(params / 1e6, 2), "variant": variant, "precision": cfg.precision,
+    return {"model": cfg.model, "params_M": round(params / 1e6, 2), "variant": variant,
+            "precision": trainer.cfg.precision,
             "batch": batch_size, "ms_per_step": round(1000 * seconds, 1), "img_per_s": round(batch_size / seconds, 1),
             "gflop_per_img": round(flops / 1e9, 3), "achieved_gflop_s": round(flops * batch_size / seconds / 1e9, 1),
             **({"host_syncs": syncs, "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 1)}
@@ -159,7 +162,7 @@ def main() -> None:
     rows = []
     for name in models.split(","):
         for variant in a.variants.split(","):
-            if variant == "channels-last" and not name == "quickstart":
+            if variant == "channels-last" and not name.startswith("quickstart"):
                 continue        # a U-Net option
             row = measure(name, variant, a.batch_size, a.steps, a.warmup, device, a.profile)
             rows.append(row)

@@ -20,6 +20,15 @@ if torch.cuda.is_available():  # the bit-identity tests then hold on a GPU machi
 SMOKE = ["--preset", "smoke", "--no-progress"]
 
 
+def pytest_report_header(config) -> str:
+    """The CPU's kind and the precision ``auto`` picks on it, so that a slow run explains itself."""
+    from diffrep.precision import cpu_facts, resolve_precision
+
+    facts = cpu_facts()
+    return (f"diffrep: CPU {facts['cpu_model']} ({facts['cpu_capability']}, {torch.get_num_threads()} threads); "
+            f"{resolve_precision('auto', 'cpu').describe()}")
+
+
 @pytest.fixture
 def cli(capsys):
     """Run ``diffrep ARGS`` in this process; returns ``(exit code, stdout, stderr)``."""

@@ -120,14 +120,19 @@ def test_bad_cfg_interval(cli, tmp_path):
 
 def test_quickstart_trains_eagerly_samples_and_judges(cli, tmp_path):
     """The README's main job, shortened: eager by default (compiling costs more than it saves for
-    800 steps on a CPU), both sample sets judged, the numbers written."""
-    code, out, err = cli("quickstart", "--out", tmp_path / "qs", "--steps", 2, "--n", 20)
+    800 steps on a CPU), both sample sets judged, the plan and the numbers written."""
+    code, out, err = cli("quickstart", "--out", tmp_path / "qs", "--size", "small", "--steps", 2, "--n", 20)
     assert code == 0, err
-    assert yaml.safe_load((tmp_path / "qs" / "config.yaml").read_text())["compile"] is False
+    config = yaml.safe_load((tmp_path / "qs" / "config.yaml").read_text())
+    assert config["compile"] is False and config["model"] == "UNet-XS" and config["precision"] in ("bf16", "fp32")
     result = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
-    assert result["steps"] == 2 and set(result["results"]) == {"no CFG, euler 50", "CFG 1.5, euler 50"}
+    assert result["steps"] == 2 and result["plan"] == "small" and result["precision"] == config["precision"]
+    assert set(result["results"]) == {"no CFG, heun 5", "CFG 2.5, heun 5"}
     assert all(r["n"] == 20 and 0 <= r["accuracy"] <= 1 and r["fd_ref"] > 0 for r in result["results"].values())
-    assert "CFG 1.5, euler 50" in out
+    assert "CFG 2.5, heun 5" in out and "quickstart plan 'small' (--size small)" in out
+    assert f"precision {config['precision']}: " in err
+    code, _, err = cli("quickstart", "--out", tmp_path / "qs", "--size", "small")
+    assert code == 2 and "already holds a run: pass --resume" in err
 
 
 def test_bad_values_files_and_options_get_one_line_errors(cli, tmp_path, capsys):

@@ -31,11 +31,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from diffrep.data import to_model_range
 from diffrep.errors import DiffrepError
+from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import Process
 from diffrep.rng import keyed_generator
 
@@ -205,7 +207,8 @@ def probabilities(scores: torch.Tensor, temperature: float) -> torch.Tensor:
 def classify_run(run: str | Path, *, data: str | None = None, split: str = "test", limit: int | None = None,
                  pairs: int = 32, schedule: str = "exhaustive", time_weights: str = "uniform", fit_images: int = 100,
                  rounds: list[tuple[int, int]] | None = None, z: float = 3.0, norm: str = "l2", seed: int = 0,
-                 batch_size: int = 250, device: str = "auto") -> dict:
+                 batch_size: int = 250, precision: str = "auto", device: str = "auto",
+                 on_start: Callable[[Precision], None] | None = None) -> dict:
     """Classify a built-in split (``data``; default: the run's own dataset) with a class-conditional run; returns
     accuracy, calls per image, images/s and, with ``time_weights="fitted"``, the weights and temperature fitted
     on ``fit_images`` train images."""
@@ -218,12 +221,15 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
         raise DiffrepError(f"classify uses a built-in dataset's labelled split: --data {' or '.join(BUILTIN)}")
     if time_weights not in ("uniform", "fitted"):
         raise DiffrepError(f"--time-weights {time_weights!r}: choose uniform or fitted")
-    net, process, cfg, info = load_run(run, "ema", device)
+    net, process, _, info = load_run(run, "ema", device)
     if not info["num_classes"]:
         raise DiffrepError(f"{run} is an unconditional model: the Diffusion Classifier needs class labels")
-    autocast = cfg.precision == "bf16"
     images = load_builtin(data, split)
     check_images_fit_run(images.images, info, run, data)
+    chosen = resolve_precision(precision, next(net.parameters()).device)
+    if on_start is not None:
+        on_start(chosen)
+    autocast = chosen.autocast
     if limit:
         images = images.subset(balanced_subset(images.labels, min(limit, len(images))))
     weights, order, temperature, fitted = torch.ones(pairs), None, None, {}

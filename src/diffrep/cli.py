@@ -8,8 +8,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from diffrep.errors import DiffrepError
+
+if TYPE_CHECKING:
+    from diffrep.precision import Precision
 
 
 def positive_int(text: str) -> int:
@@ -36,6 +40,15 @@ def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
 
 
+NET_PRECISION_HELP = "auto (default): bf16 autocast where the device computes bf16 natively, else fp32"
+ENCODER_PRECISION_HELP = "auto (default): fp32, as the published numbers metric encoders are compared with; bf16 is faster"
+
+
+def _startup(precision) -> None:
+    """The start-up line: which precision was chosen, and why."""
+    print(precision.describe(), file=sys.stderr)
+
+
 def _parser() -> argparse.ArgumentParser:
     from diffrep.config import PRESETS
     from diffrep.encoders import ENCODERS
@@ -43,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     from diffrep.classifier import SCHEDULES
     from diffrep.evaluate import DEFAULT_METRICS, METRICS
     from diffrep.nets import MODELS
+    from diffrep.precision import PRECISIONS
     from diffrep.represent import POOLS
     from diffrep.processes import PROCESSES
     from diffrep.samplers import SAMPLERS
@@ -87,7 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
     t.add_argument("--ema-decay", type=float)
     t.add_argument("--ema-start", type=non_negative_int, help="EMA copies the weights before this step")
-    t.add_argument("--precision", choices=("bf16", "fp32"), help="bf16 autocast (default) or full fp32")
+    t.add_argument("--precision", choices=PRECISIONS, help="auto (default): bf16 autocast where the device computes bf16 "
+                   "natively (CUDA, AMX or AVX512_BF16 CPUs), else fp32; a run records the choice and a resume keeps it")
     t.add_argument("--grad-checkpoint", action="store_true", default=None,
                    help="activation checkpointing per block: less memory, ~30%% more compute")
     t.add_argument("--channels-last", action="store_true", default=None, help="U-Net in NHWC memory layout (not with --compile on the CPU)")
@@ -132,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index")
     s.add_argument("--batch-size", type=positive_int, default=250)
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
-    s.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    s.add_argument("--precision", choices=PRECISIONS, default="auto", help=NET_PRECISION_HELP)
     s.add_argument("--out", type=Path, required=True, help=".npz: arr_0 uint8 N×H×W×C, arr_1 labels")
     s.add_argument("--grid", type=Path, help="also write a PNG grid of the first 100 samples")
     s.add_argument("--device", default="auto")
@@ -147,10 +162,17 @@ def _parser() -> argparse.ArgumentParser:
     j.add_argument("--json", type=Path, help="also write the numbers here")
 
     q = sub.add_parser("quickstart", help="train the default preset on mnist5k, sample, judge", formatter_class=fmt,
-                       epilog=_examples("diffrep quickstart", "diffrep quickstart --out runs/qs2 --steps 500"))
+                       epilog=_examples("diffrep quickstart", "diffrep quickstart --size preset --out runs/qs2",
+                                        "diffrep quickstart --out runs/qs3 --size small --steps 500"))
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     q.add_argument("--steps", type=positive_int, help="override the preset's step count")
-    q.add_argument("--n", type=positive_int, default=1000, help="samples to judge")
+    q.add_argument("--size", choices=("auto", "preset", "small"), default="auto",
+                   help="auto (default): time a few steps, run the preset (UNet-S, 800 steps) if it fits about "
+                        "--minutes here, else the small plan (UNet-XS, steps fitted to --minutes)")
+    q.add_argument("--minutes", type=float, default=10.0,
+                   help="the wall-time budget --size auto plans for (default 10)")
+    q.add_argument("--n", type=positive_int, help="samples to judge per set (default: the plan's, 1000 or 500)")
+    q.add_argument("--device", default="auto")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the net (off in the preset: over 800 CPU steps compiling costs more than it saves)")
@@ -180,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-ref-stats", dest="ref_stats", action="store_false",
                    help="use REF's images even when it holds mu/sigma")
     e.add_argument("--image-size", type=positive_int, help="resize folder images of mixed sizes to this square size")
-    e.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder compute dtype")
+    e.add_argument("--precision", choices=PRECISIONS, default="auto", help=ENCODER_PRECISION_HELP)
     e.add_argument("--batch-size", type=positive_int, default=100)
     e.add_argument("--device", default="auto")
     e.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
@@ -214,7 +236,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="a local weights file for the encoder (default: the official download)")
     f.add_argument("--resize", choices=RESIZE_MODES, help="override the encoder's resize mode")
     f.add_argument("--image-size", type=positive_int)
-    f.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    f.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto (default): a run's net in bf16 where the device computes bf16 natively, else fp32; "
+                        "a metric encoder in fp32")
     f.add_argument("--batch-size", type=positive_int, default=100)
     f.add_argument("--device", default="auto")
     f.add_argument("--no-cache", action="store_true")
@@ -239,6 +263,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--noise-draws", type=positive_int, default=1, help="average the diffusion features over this many ε draws")
     pr.add_argument("--l2-normalize", action="store_true")
     pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--precision", choices=PRECISIONS, default="auto", help=NET_PRECISION_HELP + " (encoders: fp32)")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--out", type=Path, help="JSON of every (backbone, block, t) row")
     pr.add_argument("--heatmap", type=Path, help="PNG of accuracy over (block, t) (needs matplotlib)")
@@ -262,6 +287,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--norm", choices=("l2", "l1"), default="l2")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--batch-size", type=positive_int, default=250, help="network inputs per forward (250: fastest on CPU here)")
+    c.add_argument("--precision", choices=PRECISIONS, default="auto", help=NET_PRECISION_HELP)
     c.add_argument("--device", default="auto")
     c.add_argument("--out", type=Path)
 
@@ -292,11 +318,13 @@ def cmd_train(a) -> int:
 
     flags = {k: getattr(a, k) for k in TRAIN_FLAGS}
     if a.resume and not (a.preset or a.config):
-        base = vars(load_run_config(a.out))
+        base = {**vars(load_run_config(a.out)), "precision": "auto"}  # auto on a resume: the recorded precision
         cfg = make_config(base, flags)
     else:
         cfg = make_config(preset(a.preset) if a.preset else {}, read_yaml_config(a.config) if a.config else {}, flags)
     trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device, progress=not a.no_progress)
+    if trainer.world.is_main:
+        _startup(trainer.precision)
     step = trainer.run()
     if trainer.world.is_main:
         print(f"trained {step} steps → {a.out} ({_run_contents(a.out)})")
@@ -318,17 +346,20 @@ def _parse_interval(text: str | None) -> tuple[float, float] | None:
 def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", steps: int = 50,
                grid_rho: float | None = None, seed: int = 0,
                cfg: float = 1.0, cfg_interval: tuple[float, float] | None = None, labels: str = "balanced",
-               batch_size: int = 250, weights: str = "ema", precision: str = "bf16", grid: Path | None = None,
-               device: str = "auto", progress: bool = True, compile_net: bool = False) -> dict:
+               batch_size: int = 250, weights: str = "ema", precision: str = "auto", grid: Path | None = None,
+               device: str = "auto", progress: bool = True, compile_net: bool = False,
+               on_start: Callable[[Precision], None] | None = None) -> dict:
     """Sample a run into an ADM-layout ``.npz``; returns what was done.
 
     Under torchrun, rank ``r`` of ``W`` draws chunks ``j ≡ r (mod W)`` and rank 0 writes the
     file; chunk ``j`` is seeded by ``(seed, j)``, so image ``i`` is the same for any ``W``.
+    ``on_start`` gets the precision once the run is loaded and the options checked.
     """
     from diffrep import distributed
     from diffrep.data import save_grid
     from diffrep.generate import generate, make_labels
     from diffrep.io import save_npz
+    from diffrep.precision import resolve_precision
     from diffrep.samplers import get_sampler, network_evaluations
     from diffrep.trainer import CompiledOrEager, load_run
 
@@ -336,14 +367,17 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     if n < 1:
         raise DiffrepError(f"--n must be positive, got {n}")
     net, process, _, info = load_run(run, weights, device)
+    chosen = resolve_precision(precision, next(net.parameters()).device)
     if compile_net:
         net = CompiledOrEager(net)
     y = make_labels(labels, n, info["num_classes"], seed)
     world = distributed.current()
+    if on_start is not None and world.is_main:
+        on_start(chosen)
     start = time.perf_counter()
     chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, grid_rho=grid_rho,
                       seed=seed, labels=y, cfg_scale=cfg, cfg_interval=cfg_interval, batch_size=batch_size,
-                      autocast=precision == "bf16",
+                      autocast=chosen.autocast,
                       chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
     images = distributed.gather_chunks(chunks)
     seconds = time.perf_counter() - start
@@ -356,7 +390,8 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
             save_grid(images[:100], grid, nrow=10)
     distributed.barrier()
     return {"n": n, "sampler": sampler, "steps": steps, "grid_rho": grid_rho, "nfe": network_evaluations(sampler, steps),
-            "cfg": cfg, "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"], "seconds": seconds,
+            "cfg": cfg, "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"],
+            "precision": chosen.name, "seconds": seconds,
             "images_per_s": n / seconds, "out": str(out)}
 
 
@@ -365,7 +400,7 @@ def cmd_sample(a) -> int:
 
     done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.grid_rho, a.seed, a.cfg, _parse_interval(a.cfg_interval),
                       a.labels, a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress,
-                      compile_net=a.compile)
+                      compile_net=a.compile, on_start=_startup)
     if distributed.current().is_main:
         print(f"{done['n']} samples ({done['sampler']}, {done['nfe']} net calls each, cfg {done['cfg']}) from step "
               f"{done['checkpoint_step']} in {done['seconds']:.1f}s → {a.out}" + (f", grid {a.grid}" if a.grid else ""))
@@ -398,26 +433,43 @@ def cmd_judge(a) -> int:
 
 
 def cmd_quickstart(a) -> int:
-    from diffrep.config import make_config, preset
     from diffrep.data import load_npz
     from diffrep.io import atomic_write
+    from diffrep.quickstart import choose
     from diffrep.reference import judge
     from diffrep.trainer import Trainer
 
-    cfg = make_config(preset("quickstart"), {"steps": a.steps, "compile": a.compile})
-    print(f"training preset 'quickstart' ({cfg.model}, {cfg.process}, {cfg.steps} steps on {cfg.data}) → {a.out}")
+    if not a.resume and (a.out / "config.yaml").exists():
+        raise DiffrepError(f"{a.out} already holds a run: pass --resume to continue it, or choose another --out")
+    resume_from = a.out if a.resume else None
+    print(f"quickstart: {'reading the plan of ' + str(a.out) if a.resume else 'measuring this machine'} …", file=sys.stderr)
+    if a.minutes <= 0:
+        raise DiffrepError(f"--minutes must be positive, got {a.minutes:g}")
+    choice = choose(a.size, steps=a.steps, n=a.n, compile_net=a.compile, device=a.device, resume_from=resume_from,
+                    budget_s=60 * a.minutes)
+    cfg, plan = choice.cfg, choice.plan
+    eta = f", about {choice.eta_s / 60:.0f} min in all" if choice.eta_s else ""
+    print(f"quickstart plan '{plan.name}' ({choice.why}): {cfg.model}, {cfg.process}, {cfg.steps} steps of "
+          f"{cfg.batch_size} on {cfg.data}, then 2 × {choice.n} samples ({plan.sampler} {plan.sampler_steps}){eta} → {a.out}")
     start = time.perf_counter()
-    Trainer(cfg, a.out, resume=a.resume).run()
+    trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device)
+    _startup(trainer.precision)
+    trainer.run()
     train_s = time.perf_counter() - start
     rows = []
-    for name, kw in (("no CFG, euler 50", {}), ("CFG 1.5, euler 50", {"cfg": 1.5})):
-        npz = a.out / f"samples_{'cfg' if kw else 'nocfg'}.npz"
-        sample_run(a.out, npz, n=a.n, sampler="euler", steps=50, grid=npz.with_suffix(".png"), **kw)
+    for name, scale in plan.sample_sets():
+        npz = a.out / f"samples_{'cfg' if scale != 1.0 else 'nocfg'}.npz"
+        sample_run(a.out, npz, n=choice.n, sampler=plan.sampler, steps=plan.sampler_steps, cfg=scale,
+                   grid=npz.with_suffix(".png"), device=a.device)
         rows.append((name, judge(load_npz(npz), cfg.data).as_dict()))
+    total_s = time.perf_counter() - start
     with atomic_write(a.out / "quickstart.json", "w") as f:
-        json.dump({"train_seconds": round(train_s, 1), "steps": cfg.steps, "n_samples": a.n,
-                   "results": dict(rows)}, f, indent=1)
-    print(f"\ntrained in {train_s / 60:.1f} min; run: {a.out} ({_run_contents(a.out)})")
+        json.dump({"plan": plan.name, "plan_reason": choice.why, "model": cfg.model, "precision": trainer.precision.name,
+                   "precision_reason": trainer.precision.reason, "train_seconds": round(train_s, 1),
+                   "total_seconds": round(total_s, 1), "eta_seconds": choice.eta_s and round(choice.eta_s, 1),
+                   "steps": cfg.steps, "batch_size": cfg.batch_size, "n_samples": choice.n,
+                   "sampler": f"{plan.sampler} {plan.sampler_steps}", "results": dict(rows)}, f, indent=1)
+    print(f"\ntrained in {train_s / 60:.1f} min, {total_s / 60:.1f} min in all; run: {a.out} ({_run_contents(a.out)})")
     print(f"samples: {a.out}/samples_nocfg.npz, {a.out}/samples_cfg.npz (+ .png grids); numbers: {a.out}/quickstart.json\n")
     print(_judge_table(rows))
     return 0
@@ -455,6 +507,17 @@ def _cache(a):
     return None if a.no_cache else FeatureCache(a.cache_dir)
 
 
+def _encoder_precision(a) -> str:
+    """``--precision`` resolved for a metric encoder (start-up line on rank 0)."""
+    from diffrep import distributed
+    from diffrep.precision import resolve_precision
+
+    chosen = resolve_precision(a.precision, _device(a.device), encoder=True)
+    if distributed.current().is_main:
+        _startup(chosen)
+    return chosen.name
+
+
 def cmd_eval(a) -> int:
     from diffrep import distributed
     from diffrep.evaluate import evaluate, format_table, load_encoders, load_eval_set
@@ -465,8 +528,9 @@ def cmd_eval(a) -> int:
     encoders = load_encoders(encoder_names, _encoder_weights(a.encoder_weights, encoder_names), a.resize)
     gen, ref = load_eval_set(a.gen, a.image_size), load_eval_set(a.ref, a.image_size)
     train = load_eval_set(a.train, a.image_size) if a.train else None
+    precision = _encoder_precision(a)
     rows = evaluate(gen, ref, metric_names=names, encoders=encoders, train=train, batch_size=a.batch_size,
-                    dtype=a.precision, device=_device(a.device), cache=_cache(a), progress=not a.no_progress,
+                    dtype=precision, device=_device(a.device), cache=_cache(a), progress=not a.no_progress,
                     reference_sqrtm=a.reference_sqrtm, ref_stats=a.ref_stats, k_pr=a.k, k_dc=a.k_dc,
                     kid_subset_size=a.kid_subset_size)
     if not distributed.current().is_main:
@@ -504,13 +568,14 @@ def cmd_features(a) -> int:
     name = a.encoder or "reference"
     encoder = get_encoder(name, _encoder_weights(a.encoder_weights, [name]).get(name), a.resize)
     images = _images_to_encode(a.source, a.image_size)
-    encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=a.precision,
+    precision = _encoder_precision(a)
+    encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=precision,
                                device=_device(a.device), cache=_cache(a), progress=not a.no_progress)
     if distributed.current().is_main:
         arrays = {"features": encoded.features.numpy()}
         if encoded.logits is not None:
             arrays["logits"] = encoded.logits.numpy()
-        spec = json.dumps({**encoder.spec.as_dict(), "precision": a.precision, "images": images.name})
+        spec = json.dumps({**encoder.spec.as_dict(), "precision": precision, "images": images.name})
         save_npz(a.out, spec=np.array(spec), **arrays)
         print(f"{len(encoded.features)} × {encoded.features.shape[1]} {encoder.spec.name} features → {a.out}")
     return 0
@@ -531,7 +596,8 @@ def _run_features(a) -> int:
 
     from diffrep.data import BUILTIN
     from diffrep.io import save_npz
-    from diffrep.represent import diffusion_features, resolve_blocks
+    from diffrep.precision import resolve_precision
+    from diffrep.represent import check_times, diffusion_features, resolve_blocks
     from diffrep.trainer import check_images_fit_run, load_run
 
     net, process, cfg, info = load_run(a.source, "ema", a.device)
@@ -540,13 +606,17 @@ def _run_features(a) -> int:
     data = a.data or f"{cfg.data}:test"
     images = _images_to_encode(data, a.image_size)
     check_images_fit_run(images.images, info, a.source, data)
-    blocks = resolve_blocks(a.blocks, net.tap_names)
-    feats = diffusion_features(net, process, images.images, blocks=blocks, times=_floats(a.t, "--t"), pooling=a.pool,
+    blocks, times = resolve_blocks(a.blocks, net.tap_names), _floats(a.t, "--t")
+    check_times(process, times)
+    precision = resolve_precision(a.precision, next(net.parameters()).device)
+    _startup(precision)
+    feats = diffusion_features(net, process, images.images, blocks=blocks, times=times, pooling=a.pool,
                                seed=a.seed, resample=a.resample_noise, noise_draws=a.noise_draws,
-                               normalize=a.l2_normalize, batch_size=a.batch_size, autocast=cfg.precision == "bf16",
+                               normalize=a.l2_normalize, batch_size=a.batch_size, autocast=precision.autocast,
                                progress=not a.no_progress)
     spec = json.dumps({"run": str(a.source), "data": images.name, "pool": a.pool, "seed": a.seed,
-                       "resample_noise": a.resample_noise, "noise_draws": a.noise_draws, "l2_normalize": a.l2_normalize})
+                       "resample_noise": a.resample_noise, "noise_draws": a.noise_draws, "l2_normalize": a.l2_normalize,
+                       "precision": precision.name})
     save_npz(a.out, spec=np.array(spec), **{f"{b}@t={t:g}": f.numpy() for (b, t), f in feats.items()})
     print(f"{len(images.images)} images × {len(feats)} (block, t) feature sets → {a.out} (keys like '{blocks[0]}@t=…')")
     return 0
@@ -560,7 +630,7 @@ def cmd_probe(a) -> int:
                            times=_floats(a.t, "--t"), pooling=a.pool, seed=a.seed, resample=a.resample_noise,
                            noise_draws=a.noise_draws, normalize=a.l2_normalize,
                            encoder_weights=_encoder_weights(a.encoder_weights, a.backbones.split(",")),
-                           device=a.device, progress=not a.no_progress)
+                           precision=a.precision, device=a.device, progress=not a.no_progress, on_start=_startup)
     best = {}
     for r in rows:
         if r["backbone"] not in best or r["linear"] > best[r["backbone"]]["linear"]:
@@ -593,7 +663,8 @@ def cmd_classify(a) -> int:
 
     r = classify_run(a.run, data=a.data, split=a.split, limit=a.limit, pairs=a.pairs, schedule=a.schedule,
                      time_weights=a.time_weights, fit_images=a.fit_images, rounds=_rounds(a.rounds), z=a.z,
-                     norm=a.norm, seed=a.seed, batch_size=a.batch_size, device=a.device)
+                     norm=a.norm, seed=a.seed, batch_size=a.batch_size, precision=a.precision, device=a.device,
+                     on_start=_startup)
     print(f"{r['data']}: accuracy {100 * r['accuracy']:.2f}% on {r['n']} images, {r['calls_per_image']:.0f} network "
           f"calls per image ({r['schedule']}; exhaustive {r['exhaustive_calls']}), {r['images_per_s']:.2f} images/s")
     if a.out:

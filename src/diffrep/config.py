@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from diffrep.errors import DiffrepError
+from diffrep.precision import check_precision
 
 
 ADAMW_IMPLS = ("fused", "foreach", "for-loop")
@@ -51,7 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     ema_start: int = 0
-    precision: str = "bf16"
+    precision: str = "auto"             # auto | bf16 | fp32; a run records what auto chose (diffrep.precision)
     seed: int = 0
     # bookkeeping (may change on --resume)
     ckpt_every: int = 500
@@ -76,8 +77,7 @@ class TrainConfig:
             raise DiffrepError(f"unknown process {self.process!r}: choose one of {', '.join(PROCESSES)}")
         if self.adamw_impl not in ADAMW_IMPLS:
             raise DiffrepError(f"unknown --adamw-impl {self.adamw_impl!r}: choose one of {', '.join(ADAMW_IMPLS)}")
-        if self.precision not in ("bf16", "fp32"):
-            raise DiffrepError(f"unknown precision {self.precision!r}: choose bf16 or fp32")
+        check_precision(self.precision)
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise DiffrepError("--steps, --batch-size and --grad-accum must be positive")
         if self.batch_size % self.grad_accum:
@@ -126,7 +126,7 @@ RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "
                               "eval_every", "eval_samples", "eval_metrics", "eval_encoders",
                               # speed options: a resume may switch them (bit-identity needs the same ones)
                               "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic", "fsdp",
-                              "grad_accum"})
+                              "grad_accum", "precision"})
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffrep.errors import DiffrepError
+from diffrep.precision import Precision, resolve_precision
 
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1, 0.5, 2.0, 8.0)
 WHITENED_COMPONENTS = 64
@@ -168,16 +170,18 @@ def knn_whitened_probe(split: ProbeSplit, *, components: int = WHITENED_COMPONEN
 def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list[str] = ("diffusion",),
                     blocks: str = "all", times: list[float] = (0.05, 0.1, 0.2, 0.4), pooling: str = "mean",
                     seed: int = 0, resample: bool = False, noise_draws: int = 1, normalize: bool = False,
-                    encoder_weights: dict[str, str] | None = None, batch_size: int = 250, device: str = "auto",
-                    progress: bool = True) -> list[dict]:
+                    encoder_weights: dict[str, str] | None = None, batch_size: int = 250, precision: str = "auto",
+                    device: str = "auto", progress: bool = True,
+                    on_start: Callable[[Precision], None] | None = None) -> list[dict]:
     """Linear and k-NN probes, one protocol, over the run's features at every (block, t) (``diffusion``) and
     over registry encoders (``reference``, ``pixels``, ``dinov2-s14``, …), on a built-in dataset's split
-    (``data``; default: the run's own dataset)."""
+    (``data``; default: the run's own dataset).  ``on_start`` gets the diffusion net's precision once the run
+    and the images are checked."""
     from diffrep.config import load_run_config
     from diffrep.data import BUILTIN, load_builtin
     from diffrep.encoders import get_encoder
     from diffrep.features import extract_features
-    from diffrep.represent import diffusion_features, resolve_blocks
+    from diffrep.represent import check_times, diffusion_features, resolve_blocks
     from diffrep.trainer import check_images_fit_run, load_run
 
     data = data or load_run_config(run).data
@@ -187,10 +191,14 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
     splits: dict[tuple, ProbeSplit] = {}
     for backbone in backbones:
         if backbone == "diffusion":
-            net, process, cfg, info = load_run(run, "ema", device)
+            net, process, _, info = load_run(run, "ema", device)
             check_images_fit_run(train.images, info, run, data)
+            check_times(process, list(times))
+            chosen = resolve_precision(precision, next(net.parameters()).device)
+            if on_start is not None:
+                on_start(chosen)
             kw = dict(blocks=resolve_blocks(blocks, net.tap_names), times=list(times), pooling=pooling, seed=seed,
-                      resample=resample, noise_draws=noise_draws, normalize=normalize, batch_size=batch_size, autocast=cfg.precision == "bf16",
+                      resample=resample, noise_draws=noise_draws, normalize=normalize, batch_size=batch_size, autocast=chosen.autocast,
                       progress=progress)
             f_train, f_test = diffusion_features(net, process, train.images, **kw), \
                 diffusion_features(net, process, test.images, **kw)

@@ -63,6 +63,14 @@ def _noise(shape: tuple[int, ...], seed: int, first_index: int, t_index: int | N
     return torch.stack([torch.randn(shape[1:], generator=keyed_generator(*k)) for k in keys])
 
 
+def check_times(process: Process, times: list[float]) -> None:
+    """Refuse noise levels outside the process's range ``[0, t_max]``."""
+    outside = [t for t in times if not 0 <= t <= process.t_max]
+    if outside:
+        raise DiffrepError(f"--t {','.join(f'{t:g}' for t in outside)}: noise levels of the {process.name} process lie "
+                           f"in [0, {process.t_max:g}]")
+
+
 @torch.no_grad()
 def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Tensor, *, blocks: tuple[str, ...],
                        times: list[float], pooling: str = "mean", seed: int = 0, resample: bool = False,
@@ -72,10 +80,7 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
     every block; the pooled features are averaged over the ``noise_draws`` draws of ε."""
     if noise_draws < 1:
         raise DiffrepError(f"noise_draws must be at least 1, got {noise_draws}")
-    outside = [t for t in times if not 0 <= t <= process.t_max]
-    if outside:
-        raise DiffrepError(f"--t {','.join(f'{t:g}' for t in outside)}: noise levels of the {process.name} process lie "
-                           f"in [0, {process.t_max:g}]")
+    check_times(process, times)
     device = next(net.parameters()).device
     denoiser = process.denoiser(net, autocast)
     out: dict[tuple[str, float], list[torch.Tensor]] = {(b, t): [] for b in blocks for t in times}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ from diffrep.io import atomic_write
 from diffrep.loss import Batch, denoising_loss
 from diffrep.nets import NULL_LABEL, UNet, build_net
 from diffrep.plugins import Plugin, WarmStart, build_plugins, plugin_net_options
+from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import make_process
 from diffrep.rng import BatchDraws, keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
@@ -216,8 +218,10 @@ class Trainer:
         if cfg.batch_size % (self.world.size * cfg.grad_accum):
             raise DiffrepError(f"--batch-size {cfg.batch_size} must be divisible by processes × --grad-accum "
                                f"= {self.world.size} × {cfg.grad_accum}")
-        self.cfg, self.out, self.progress = cfg, Path(out), progress and self.world.is_main
+        self.out, self.progress = Path(out), progress and self.world.is_main
         self.device = pick_device(device)
+        self.precision = self._choose_precision(cfg, resume)
+        self.cfg = cfg = dataclasses.replace(cfg, precision=self.precision.name)     # the run records the choice
         if cfg.compile and cfg.channels_last and self.device.type == "cpu":
             raise DiffrepError("--channels-last with --compile on the CPU: Inductor (torch 2.13) computes wrong U-Net "
                                "gradients in that layout; drop --channels-last (it is slower on the CPU anyway)")
@@ -236,7 +240,7 @@ class Trainer:
             p.check_taps({t for other in self.plugins if other is not p for t in other.taps})
         self.plugins.to(self.device)
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
-        self.autocast = cfg.precision == "bf16"
+        self.autocast = self.precision.autocast
         self.step = 0
         self._eval_sets = None
         ckpt = self._open_run_dir(resume)
@@ -260,6 +264,16 @@ class Trainer:
         if resume:
             self._load(ckpt)
         self._write_run_files()
+
+    def _choose_precision(self, cfg: TrainConfig, resume: bool) -> Precision:
+        """``cfg.precision`` resolved on this device; ``auto`` on a resume keeps the precision the run recorded."""
+        config = self.out / "config.yaml"
+        recorded = load_run_config(self.out).precision if resume and config.is_file() else None
+        chosen = resolve_precision(cfg.precision, self.device, recorded=recorded)
+        if recorded is not None and chosen.name != recorded:
+            warnings.warn(f"{self.out} was trained in {recorded}; continuing in {chosen.name}, as asked (the "
+                          "continuation is not bit-identical to an uninterrupted run)", stacklevel=3)
+        return chosen
 
     # ---- run directory -------------------------------------------------------------
     def _open_run_dir(self, resume: bool):

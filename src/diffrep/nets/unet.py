@@ -192,6 +192,7 @@ class UNet(nn.Module):
 
 # diffrep's U-Net sizes for small images (no published names at this scale).
 UNET_SIZES = {
+    "UNet-XS": {"channels": 16, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": ()},
     "UNet-S": {"channels": 32, "channel_mult": (1, 2, 2), "num_res_blocks": 1, "attn_resolutions": ()},
     "UNet-M": {"channels": 64, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "attn_resolutions": (8,)},
     "UNet-B": {"channels": 128, "channel_mult": (1, 2, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,)},
