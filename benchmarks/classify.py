@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from _common import figure, table, write_result
-from diffrep.classifier import PairErrors, classify, fit_temperature, fit_time_weights, probabilities
+from diffrep.represent.diffusion_classifier import PairErrors, classify, fit_temperature, fit_time_weights, probabilities
 from diffrep.data import balanced_subset, load_builtin
-from diffrep.trainer import load_run
+from diffrep.runs import load_run
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -22,7 +22,7 @@ import torch._dynamo
 from _common import table, write_result
 
 from diffrep.config import make_config, preset
-from diffrep.trainer import build_model
+from diffrep.runs import build_model
 
 TOLERANCE = 0.05
 

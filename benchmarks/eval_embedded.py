@@ -24,7 +24,7 @@ import torch
 
 from _common import table, write_result
 from diffrep.data import balanced_subset, load_builtin
-from diffrep.evaluate import METRICS, EvalSet, evaluate, load_encoders, load_eval_set
+from diffrep.evaluation import METRICS, EvalSet, evaluate, load_encoders, load_eval_set
 
 LOWER_IS_BETTER = ("fd", "fd_inf", "kid", "swd")
 HIGHER_IS_BETTER = ("is", "precision", "recall", "density", "coverage")

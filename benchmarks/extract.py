@@ -32,11 +32,11 @@ def save_random_weights(name: str, folder: Path) -> str | None:
 
     torch.manual_seed(0)
     if name == "inception":
-        from diffrep.encoders.inception import FIDInceptionV3
+        from diffrep.evaluation.encoders.inception import FIDInceptionV3
 
         net = FIDInceptionV3()
     elif name.startswith("dinov2"):
-        from diffrep.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT
+        from diffrep.evaluation.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT
 
         net = DinoV2ViT(**{k: DINOV2_CONFIGS[name][k] for k in ("embed_dim", "depth", "num_heads")})
     else:
@@ -49,8 +49,8 @@ def save_random_weights(name: str, folder: Path) -> str | None:
 def child(name: str, weights: str | None, dtype: str, n: int, batch_size: int) -> dict:
     """Runs in its own process: load, warm up on one batch, time ``n`` images."""
     from diffrep.data import load_builtin
-    from diffrep.encoders import get_encoder
-    from diffrep.features import extract_features
+    from diffrep.evaluation.encoders import get_encoder
+    from diffrep.evaluation.features import extract_features
 
     encoder = get_encoder(name, weights)
     images = load_builtin("mnist5k", "test").images[:n]

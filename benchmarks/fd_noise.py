@@ -31,9 +31,9 @@ from _common import table, write_result
 from diffrep.checkpoint import list_checkpoints, verify
 from diffrep.data import ImageSet
 from diffrep.distributed import gather_chunks
-from diffrep.generate import generate, make_labels
+from diffrep.generate import cfg_guidance, generate, make_labels
 from diffrep.reference import judge
-from diffrep.trainer import load_run
+from diffrep.runs import load_run
 
 
 def power_average(snapshots: list[tuple[int, dict]], gamma: float, parity: int | None) -> dict[str, torch.Tensor]:
@@ -77,7 +77,8 @@ def main() -> None:
         for seed in seeds if i == 0 else seeds[:1]:
             labels = make_labels("balanced", a.n, info["num_classes"], seed)
             images = gather_chunks(generate(net, process, tuple(info["image_shape"]), a.n, sampler="euler", steps=50,
-                                            seed=seed, labels=labels, cfg_scale=a.cfg, progress=False))
+                                            seed=seed, labels=labels, guidance=cfg_guidance(a.cfg, labels=labels),
+                                            progress=False))
             verdict = judge(ImageSet(images, labels, info["num_classes"], row)).as_dict()
             rows.append({"weights": row, "seed": seed, **verdict})
             print(f"{row} seed {seed}: FD_ref {verdict['fd_ref']:.3f}", file=sys.stderr)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from _common import table, write_result
-from diffrep.metrics import feature_stats, frechet_distance_from_stats, frechet_distance_sqrtm
+from diffrep.evaluation.metrics import feature_stats, frechet_distance_from_stats, frechet_distance_sqrtm
 
 
 def synthetic_features(n: int, dim: int, shift: float, seed: int) -> np.ndarray:

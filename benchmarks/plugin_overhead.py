@@ -22,7 +22,7 @@ from pathlib import Path
 from _common import table, write_result
 
 from diffrep.config import make_config, preset
-from diffrep.trainer import Trainer
+from diffrep.train import Trainer
 
 ARMS = "baseline,repa,sra,erw:warmup_steps=0,selfcond,cep,umd,context"
 

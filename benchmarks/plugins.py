@@ -32,7 +32,7 @@ from _common import figure, table, write_result
 from quality import judge_run
 
 from diffrep.config import make_config, preset
-from diffrep.trainer import Trainer
+from diffrep.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from _common import table, write_result
-from diffrep.probes import plot_heatmap, probe_backbones
+from diffrep.represent.probes import plot_heatmap, probe_backbones
 
 RESULTS = Path(__file__).parent / "results"
 

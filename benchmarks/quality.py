@@ -27,11 +27,11 @@ from pathlib import Path
 
 from _common import RESULTS, table, write_result
 
-from diffrep.cli import sample_run
+from diffrep.generate import sample_run
 from diffrep.config import make_config, preset
 from diffrep.data import load_npz
 from diffrep.reference import judge
-from diffrep.trainer import Trainer
+from diffrep.train import Trainer
 
 
 def judge_run(run: Path, n: int, sampler: str = "euler:50", **sample_kw) -> dict:

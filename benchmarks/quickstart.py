@@ -32,9 +32,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 from _common import table, write_result
+
+from diffrep.config import load_run_config
 
 RUN = Path("runs/bench/quickstart")
 
@@ -74,7 +74,7 @@ def main() -> None:
     print(f"plan {result['plan']} ({result['model']}, {result['precision']}): training {result['train_seconds'] / 60:.2f} "
           f"min ({result['steps']} steps, {speed} img/s); whole command {wall / 60:.2f} min")
     print(table(rows, ["samples", "n", "accuracy", "fd_ref", "fd_ref_train_vs_test", "fd_ratio"]))
-    compiled = yaml.safe_load((RUN / "config.yaml").read_text())["compile"]
+    compiled = load_run_config(RUN).compile
     path = write_result(a.name, {**result, "train_img_per_s": speed, "command_seconds": round(wall, 1), "run": str(RUN),
                                  "compile": compiled, "inductor_cache": ("warm" if a.warm else "cold") if compiled else None,
                                  "command": "python " + " ".join(sys.argv)})

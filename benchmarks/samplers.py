@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _common import table, write_result
 
-from diffrep.cli import sample_run
+from diffrep.generate import sample_run
 from diffrep.data import load_npz
 from diffrep.reference import judge
 

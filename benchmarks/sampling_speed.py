@@ -22,7 +22,7 @@ import torch
 from _common import matmul_peak, synchronize, table, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
-from diffrep.generate import generate
+from diffrep.generate import cfg_guidance, generate
 from diffrep.nets import build_net
 from diffrep.processes import make_process
 
@@ -47,7 +47,8 @@ def measure(model: str, compile_net: bool, cfg_scale: float, batch_size: int, ch
     process = make_process("flow")
     n = batch_size * chunks
     labels = torch.arange(n) % classes
-    kwargs = dict(steps=steps, labels=labels, cfg_scale=cfg_scale, batch_size=batch_size, progress=False)
+    kwargs = dict(steps=steps, labels=labels, guidance=cfg_guidance(cfg_scale, labels=labels), batch_size=batch_size,
+                  progress=False)
     generate(runner, process, (channels, 32, 32), batch_size, **kwargs)         # warm-up (and compiling)
     synchronize(device)
     start = time.perf_counter()

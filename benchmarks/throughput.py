@@ -35,7 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffrep.config import make_config, preset
-from diffrep.trainer import Trainer
+from diffrep.train import Trainer
 
 ROWS = {"quickstart": ("quickstart", {}), "quickstart-small": ("quickstart", {"model": "UNet-XS"}),
         "dit-tiny": ("dit-tiny", {}), "DiT-S/4": ("dit-s4", {}),

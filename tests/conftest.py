@@ -13,7 +13,7 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 if torch.cuda.is_available():  # the bit-identity tests then hold on a GPU machine too
-    from diffrep.trainer import use_deterministic_kernels
+    from diffrep.runtime import use_deterministic_kernels
 
     use_deterministic_kernels()
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from conftest import SMOKE, run_cli_process
+from diffrep.config import load_run_config
 
 COMMANDS = ["train", "sample", "judge", "quickstart", "presets", "reference"]
 
@@ -123,7 +123,7 @@ def test_quickstart_trains_eagerly_samples_and_judges(cli, tmp_path):
     800 steps on a CPU), both sample sets judged, the plan and the numbers written."""
     code, out, err = cli("quickstart", "--out", tmp_path / "qs", "--size", "small", "--steps", 2, "--n", 20)
     assert code == 0, err
-    config = yaml.safe_load((tmp_path / "qs" / "config.yaml").read_text())
+    config = vars(load_run_config(tmp_path / "qs"))
     assert config["compile"] is False and config["model"] == "UNet-XS" and config["precision"] in ("bf16", "fp32")
     result = json.loads((tmp_path / "qs" / "quickstart.json").read_text())
     assert result["steps"] == 2 and result["plan"] == "small" and result["precision"] == config["precision"]

@@ -122,7 +122,7 @@ import sys, torch
 from diffrep import distributed
 from diffrep.config import make_config, preset
 from diffrep.plugins import Plugin
-from diffrep.trainer import Trainer, TrainingDiverged
+from diffrep.train import Trainer, TrainingDiverged
 
 class NanOnRank1(Plugin):
     name = "nan-on-rank-1"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from diffrep.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT, load_dinov2
+from diffrep.evaluation.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT, load_dinov2
 from diffrep.errors import DiffrepError
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2, "pretrain_grid": 4}

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from diffrep.encoders import inception
-from diffrep.encoders.inception import FIDInceptionV3, load_fid_inception
+from diffrep.evaluation.encoders import inception
+from diffrep.evaluation.encoders.inception import FIDInceptionV3, load_fid_inception
 from diffrep.errors import DiffrepError
 
 # Tensors in pytorch-fid's pt_inception-2015-12-05-6726825d.pth.  Conv+BN units: stem 5 (Conv2d_1a … 4a),

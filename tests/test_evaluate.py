@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from diffrep.encoders import encoder_from_module, get_encoder, state_dict_sha256
-from diffrep.encoders.resize import resize
+from diffrep.evaluation.encoders import encoder_from_module, get_encoder, state_dict_sha256
+from diffrep.evaluation.encoders.resize import resize
 from diffrep.errors import DiffrepError
-from diffrep.evaluate import EvalSet, evaluate, load_eval_set
-from diffrep.features import FeatureCache, extract_features
+from diffrep.evaluation.evaluate import EvalSet, evaluate, load_eval_set
+from diffrep.evaluation.features import FeatureCache, extract_features
 
 
 def _tf_bilinear_direct(img: np.ndarray, size: int) -> np.ndarray:
@@ -101,8 +101,8 @@ def test_inception_and_dinov2_load_through_the_users_path(tmp_path):
     """Random-weight files of the official layouts, loaded by name with a local weights file."""
     from safetensors.torch import save_file
 
-    from diffrep.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT
-    from diffrep.encoders.inception import FIDInceptionV3
+    from diffrep.evaluation.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT
+    from diffrep.evaluation.encoders.inception import FIDInceptionV3
 
     torch.manual_seed(0)
     save_file(FIDInceptionV3().state_dict(), tmp_path / "inception.safetensors")

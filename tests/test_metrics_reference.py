@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffrep.metrics import feature_stats, frechet_distance, frechet_distance_from_stats
+from diffrep.evaluation.metrics import feature_stats, frechet_distance, frechet_distance_from_stats
 
 
 def scipy_fd(a: np.ndarray, b: np.ndarray) -> float:

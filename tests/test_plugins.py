@@ -14,7 +14,8 @@ from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
 from diffrep.plugins import WarmStart, build_plugins, match_token_grid, parse_plugin, schedule_factor
 from diffrep.rng import BatchDraws
-from diffrep.trainer import Trainer, load_run
+from diffrep.runs import load_run
+from diffrep.train import Trainer
 from test_trainer import assert_bit_identical, weights
 
 
@@ -106,9 +107,20 @@ def test_plugins_command_lists_options(cli):
     assert all(f"{name}:" in out for name in ("erw", "selfcond", "umd", "context"))
 
 
+RESUMED_TOGETHER = (["erw:warmup_steps=3", "selfcond", "context"], ["umd", "cep"])
+"""Plug-in groups whose exact resume is checked below (repa and sra: in the test above)."""
+
+
+def test_every_registered_plugin_has_an_exact_resume_check():
+    from diffrep.plugins import PLUGINS
+
+    checked = {"repa", "sra"} | {p.split(":")[0] for group in RESUMED_TOGETHER for p in group}
+    assert checked == set(PLUGINS), f"add an exact-resume check for {sorted(set(PLUGINS) - checked)}"
+
+
 def test_all_new_plugins_combine_and_resume_exactly(cli, tmp_path):
     dit = ["--model", "DiT-T/4"]
-    for plugins in (["erw:warmup_steps=3", "selfcond", "context"], ["umd", "cep"]):
+    for plugins in RESUMED_TOGETHER:
         spec = [a for p in plugins for a in ("--plugin", p)]
         full, part = tmp_path / f"full{len(plugins)}", tmp_path / f"part{len(plugins)}"
         assert cli("train", *SMOKE, *dit, *spec, "--steps", 8, "--ckpt-every", 4, "--out", full)[0] == 0
@@ -172,7 +184,7 @@ def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
     plain net compiled after it took the hook's.  ``CompiledOrEager`` guards on hooks."""
     from diffrep.loss import Batch
     from diffrep.plugins import CEP, CepOptions
-    from diffrep.trainer import CompiledOrEager
+    from diffrep.runtime import CompiledOrEager
 
     x, t, y = torch.randn(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])
 
@@ -302,6 +314,9 @@ def test_context_targets_are_the_neighbouring_patches():
     output = LossOutput(torch.zeros(()), taps={"block6": torch.zeros(2, 16, 8)})
     batch = Batch(x, None, torch.zeros(2), torch.zeros_like(x))
     assert context.loss_terms(batch, output, 0, None)["context"] == 0
+    context.decoder = lambda tokens: torch.zeros(2, 4, 4, len(context.offsets) * 16)     # wrong: every target missed
+    missed = context.loss_terms(batch, output, 0, None)["context"]
+    assert 0.5 < missed < 2, "the loss is the mean squared error of the neighbours' pixels (about 1 for N(0, 1))"
 
 
 def test_umd_masks_activation_checkpointings_recomputation_alike(tmp_path):

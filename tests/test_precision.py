@@ -8,14 +8,13 @@ import warnings
 
 import pytest
 import torch
-import yaml
 
 from conftest import SMOKE
 from diffrep import precision, quickstart
-from diffrep.config import make_config, preset
+from diffrep.config import load_run_config, make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.precision import bf16_slowdown, bf16_support, resolve_precision
-from diffrep.trainer import Trainer
+from diffrep.train import Trainer
 
 
 def _clear_caches() -> None:
@@ -102,7 +101,7 @@ def test_a_run_records_what_auto_chose_and_a_resume_keeps_it(cli, cpu_kind, tmp_
     cpu_kind("AVX512", amx=True)
     code, _, err = cli("train", *SMOKE, "--steps", 2, "--ckpt-every", 2, "--out", tmp_path / "r")
     assert code == 0 and "precision bf16: auto, this CPU has AMX" in err
-    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["precision"] == "bf16"
+    assert load_run_config(tmp_path / "r").precision == "bf16"
     cpu_kind("AVX2")                                  # the run moves to a laptop
     code, _, err = cli("train", "--steps", 4, "--resume", "--no-progress", "--out", tmp_path / "r")
     assert code == 0
@@ -110,7 +109,7 @@ def test_a_run_records_what_auto_chose_and_a_resume_keeps_it(cli, cpu_kind, tmp_
     assert "resume with --precision fp32 (not bit-identical)" in err        # the one-line warning
     code, _, err = cli("train", "--steps", 6, "--resume", "--precision", "fp32", "--no-progress", "--out", tmp_path / "r")
     assert code == 0 and "continuing in fp32, as asked" in err
-    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["precision"] == "fp32"
+    assert load_run_config(tmp_path / "r").precision == "fp32"
 
 
 def test_a_new_run_without_native_bf16_trains_in_fp32(cpu_kind, tmp_path):

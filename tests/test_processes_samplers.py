@@ -86,10 +86,14 @@ def test_time_grids_are_float64_and_end_at_zero():
     assert math.isclose(float(edm[-2]), 0.002, rel_tol=1e-9)
 
 
+CONTRACT_STEPS = {"euler": 100, "heun": 40, "ddim": 100, "dpmpp_2m": 30, "ddpm": 200, "euler_maruyama": 250}
+"""Steps at which each sampler must reach the data distribution; a sampler registered without a row fails."""
+
+
 @pytest.mark.parametrize("process", list(PROCESSES))
-@pytest.mark.parametrize("sampler,steps", [("euler", 100), ("heun", 40), ("ddim", 100), ("dpmpp_2m", 30),
-                                           ("ddpm", 200), ("euler_maruyama", 250)])
-def test_samplers_reach_the_data_distribution(process, sampler, steps):
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_samplers_reach_the_data_distribution(process, sampler):
+    steps = CONTRACT_STEPS[sampler]
     out, calls = draw(PROCESSES[process], sampler, steps)
     assert calls == network_evaluations(sampler, steps)
     assert abs(float(out.mean()) - M) < 0.02
@@ -157,3 +161,44 @@ def test_rho_grid_puts_steps_at_low_noise():
     x = initial_noise(p, (2000, 1), 1.0, g).double()
     on_rho_grid = get_sampler("euler")(GaussianDenoiser(p), x, p.time_grid(100, rho=2.0))
     assert float((on_rho_grid - exact).abs().mean()) < 0.01
+
+
+def test_cfg_guides_a_grid_point_on_the_interval_end():
+    """t = 0.6 of a 10-step float64 grid rounds above 0.6 in float32: the interval is tested on the float64 value."""
+    ts = FlowProcess().time_grid(10)
+    end = float(ts[4])
+    assert float(torch.tensor(end, dtype=torch.float32)) > 0.6 >= end
+    inner = LabelEcho()
+    ClassifierFreeGuidance(inner, scale=3.0, interval=(0.2, 0.6))(torch.zeros(2, 1), end, torch.full((2,), 1))
+    assert inner.batches == [4]
+
+
+def test_cfg_takes_a_time_per_sample():
+    inner = LabelEcho()
+    guided = ClassifierFreeGuidance(inner, scale=3.0, interval=(0.2, 0.6))
+    t = torch.tensor([0.4, 0.9, 0.2, 0.61])
+    out = guided(torch.zeros(4, 1), t, torch.full((4,), 2))
+    assert inner.batches == [8]
+    torch.testing.assert_close(out.x0.flatten(), torch.tensor([8.0, 2.0, 8.0, 2.0]))
+
+
+def test_grid_coefficients_are_the_processes_own_at_every_time():
+    from diffrep.samplers import grid_coefficients
+
+    for p in PROCESSES.values():
+        ts = p.time_grid(7)
+        c = grid_coefficients(p, ts)
+        for i, t in enumerate(ts):
+            one = t.reshape(1)
+            assert c.alpha[i] == pytest.approx(float(p.alpha(one)), rel=1e-15, abs=1e-300)
+            assert c.sigma[i] == pytest.approx(float(p.sigma(one)), rel=1e-15, abs=1e-300)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "ddim", "dpmpp_2m"])
+def test_samplers_let_gradients_through(sampler):
+    """Samplers never switch gradients off: DPS and classifier guidance differentiate through them."""
+    p = FlowProcess()
+    x = torch.randn(3, 1, dtype=torch.float64, requires_grad=True)
+    out = get_sampler(sampler)(GaussianDenoiser(p), x, p.time_grid(4))
+    out.sum().backward()
+    assert x.grad is not None and torch.all(x.grad != 0)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import SMOKE
-from diffrep.classifier import PairErrors, classify, fit_time_weights, fit_temperature, probabilities
+from diffrep.represent.diffusion_classifier import PairErrors, classify, fit_time_weights, fit_temperature, probabilities
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
-from diffrep.probes import ProbeSplit, knn_probe, knn_whitened_probe, linear_probe
+from diffrep.represent.probes import ProbeSplit, knn_probe, knn_whitened_probe, linear_probe
 from diffrep.processes import make_process
-from diffrep.represent import diffusion_features, resolve_blocks
+from diffrep.represent.features import diffusion_features, resolve_blocks
 
 
 def _images(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
@@ -143,8 +143,12 @@ def test_fitted_time_weights_favour_informative_times_and_temperature_calibrates
     assert w[2:4].sum() > 0.9
     scores = pe.errors.mean(-1)
     tau = fit_temperature(scores, labels)
-    p = probabilities(scores, tau)
-    assert torch.allclose(p.sum(1), torch.ones(30)) and 0 < tau < 100
+
+    def nll(t: float) -> float:
+        return float(-probabilities(scores, t)[torch.arange(30), labels].log().mean())
+
+    assert 1e-6 < tau < 100 and nll(tau) < min(nll(tau / 3), nll(3 * tau)), "τ is the likelihood's maximum"
+    assert torch.allclose(probabilities(scores, tau).sum(1), torch.ones(30))
 
 
 def test_probe_classify_and_features_commands(cli, tmp_path):

@@ -7,14 +7,19 @@ the work, as long as the chunk size ``B`` is the same.
 
 from __future__ import annotations
 
+import time
+from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from diffrep.data import to_uint8
+from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
-from diffrep.guidance import ClassifierFreeGuidance
+from diffrep import distributed
+from diffrep.guidance import ClassifierFreeGuidance, Guidance
+from diffrep.precision import Precision, resolve_precision
 from diffrep.rng import keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
 
@@ -38,18 +43,22 @@ def make_labels(spec: str | int | None, n: int, num_classes: int, seed: int = 0)
     return torch.full((n,), c, dtype=torch.long)
 
 
-@torch.no_grad()
 def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int, *, sampler: str = "euler", steps: int = 50,
-             grid_rho: float | None = None, seed: int = 0, labels: torch.Tensor | None = None, cfg_scale: float = 1.0,
-             cfg_interval: tuple[float, float] | None = None, batch_size: int = 250, autocast: bool = True,
-             chunks: Callable[[int], bool] | None = None, progress: bool = True) -> dict[int, torch.Tensor]:
-    """Samples as ``{chunk index: uint8 images}`` for the chunks ``chunks(j)`` selects (all by default)."""
+             grid_rho: float | None = None, seed: int = 0, labels: torch.Tensor | None = None,
+             guidance: Guidance | None = None, batch_size: int = 250, autocast: bool = True,
+             chunks: Callable[[int], bool] | None = None, progress: bool = True,
+             space: Space | None = None) -> dict[int, torch.Tensor]:
+    """Samples as ``{chunk index: uint8 images}`` for the chunks ``chunks(j)`` selects (all by default).
+
+    ``guidance`` wraps the net's denoiser (e.g. ``cfg_guidance(1.5)``); samples are decoded through
+    ``space`` (the pixel space by default).  Sampling runs under ``torch.inference_mode``: no gradient
+    is needed here.
+    """
+    space = space or PixelSpace()
     device = next(net.parameters()).device
     denoiser = process.denoiser(net, autocast)
-    if cfg_scale != 1.0:
-        if labels is None:
-            raise DiffrepError("--cfg needs a class-conditional model and --labels")
-        denoiser = ClassifierFreeGuidance(denoiser, cfg_scale, cfg_interval)
+    if guidance is not None:
+        denoiser = guidance(denoiser)
     sample = get_sampler(sampler)
     ts = process.time_grid(steps, grid_rho)
     todo = [j for j in range(-(-n // batch_size)) if chunks is None or chunks(j)]
@@ -59,5 +68,67 @@ def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int,
         g = keyed_generator(seed, j)
         x = initial_noise(process, (hi - lo, *shape), ts[0], g, device)
         cond = None if labels is None else labels[lo:hi].to(device)
-        out[j] = to_uint8(sample(denoiser, x, ts, cond=cond, generator=g).cpu())
+        with torch.inference_mode():
+            out[j] = space.decode(sample(denoiser, x, ts, cond=cond, generator=g).cpu())
     return out
+
+
+def cfg_guidance(scale: float, interval: tuple[float, float] | None = None,
+                 labels: torch.Tensor | None = None) -> Guidance | None:
+    """Classifier-free guidance at ``scale`` (``None`` at 1: off); it needs class labels to guide towards."""
+    if scale == 1.0:
+        return None
+    if labels is None:
+        raise DiffrepError("--cfg needs a class-conditional model and --labels")
+    return partial(ClassifierFreeGuidance, scale=scale, interval=interval)
+
+
+def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", steps: int = 50,
+               grid_rho: float | None = None, seed: int = 0,
+               cfg: float = 1.0, cfg_interval: tuple[float, float] | None = None, labels: str = "balanced",
+               batch_size: int = 250, weights: str = "ema", precision: str = "auto", grid: Path | None = None,
+               device: str = "auto", progress: bool = True, compile_net: bool = False,
+               on_start: Callable[[Precision], None] | None = None) -> dict:
+    """Sample a run into an ADM-layout ``.npz``; returns what was done.
+
+    Under torchrun, rank ``r`` of ``W`` draws chunks ``j ≡ r (mod W)`` and rank 0 writes the
+    file; chunk ``j`` is seeded by ``(seed, j)``, so image ``i`` is the same for any ``W``.
+    ``on_start`` gets the precision once the run is loaded and the options checked.
+    """
+    from diffrep.data import save_grid
+    from diffrep.io import save_npz
+    from diffrep.runs import load_run
+    from diffrep.runtime import CompiledOrEager
+    from diffrep.samplers import network_evaluations
+
+    get_sampler(sampler)
+    if n < 1:
+        raise DiffrepError(f"--n must be positive, got {n}")
+    net, process, _, info = load_run(run, weights, device)
+    chosen = resolve_precision(precision, next(net.parameters()).device)
+    if compile_net:
+        net = CompiledOrEager(net)
+    y = make_labels(labels, n, info["num_classes"], seed)
+    guidance = cfg_guidance(cfg, cfg_interval, y)
+    world = distributed.current()
+    if on_start is not None and world.is_main:
+        on_start(chosen)
+    start = time.perf_counter()
+    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, grid_rho=grid_rho,
+                      seed=seed, labels=y, guidance=guidance, batch_size=batch_size,
+                      autocast=chosen.autocast,
+                      chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
+    images = distributed.gather_chunks(chunks)
+    seconds = time.perf_counter() - start
+    if world.is_main:
+        arrays = {"arr_0": images.permute(0, 2, 3, 1).numpy()}
+        if y is not None:
+            arrays["arr_1"] = y.numpy()
+        save_npz(out, **arrays)
+        if grid:
+            save_grid(images[:100], grid, nrow=10)
+    distributed.barrier()
+    return {"n": n, "sampler": sampler, "steps": steps, "grid_rho": grid_rho, "nfe": network_evaluations(sampler, steps),
+            "cfg": cfg, "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"],
+            "precision": chosen.name, "seconds": seconds,
+            "images_per_s": n / seconds, "out": str(out)}

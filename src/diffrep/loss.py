@@ -13,9 +13,11 @@ from diffrep.processes import Denoiser
 class Batch:
     """One (micro-)batch with all of its randomness drawn up front, so plug-ins can read or transform it.
 
-    ``x0``: clean images in [-1, 1]; ``cond``: labels (``NULL_LABEL`` where dropped) or
-    ``None``; ``t``: times; ``noise``: ε, same shape as ``x0``; ``loss_weight``: optional
-    per-element weights of the denoising loss (broadcast to ``x0``; a plug-in sets them).
+    ``x0``: what the net sees, clean (in the pixel space: images in [-1, 1]); ``cond``: labels
+    (``NULL_LABEL`` where dropped) or ``None``; ``t``: times; ``noise``: ε, same shape as ``x0``;
+    ``loss_weight``: optional per-element weights of the denoising loss (broadcast to ``x0``; a
+    plug-in sets them); ``pixels``: the ``uint8`` images ``x0`` was encoded from (what REPA's
+    encoder reads; ``None`` where a batch is built without them).
     """
 
     x0: torch.Tensor
@@ -23,6 +25,7 @@ class Batch:
     t: torch.Tensor
     noise: torch.Tensor
     loss_weight: torch.Tensor | None = None
+    pixels: torch.Tensor | None = None
 
     def replace(self, **changes) -> "Batch":
         return replace(self, **changes)

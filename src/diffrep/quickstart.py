@@ -83,7 +83,7 @@ def measure_speed(cfg: TrainConfig, device: str = "auto", batch: int = 64, sampl
     """Time one training step of ``batch`` images and one sampling call of ``sample_batch`` (each after a
     warm-up call) of ``cfg``'s net, in a scratch folder.  Batches smaller than the run's (128) and the
     sampler's (250) make the projection somewhat pessimistic."""
-    from diffrep.trainer import Trainer
+    from diffrep.train import Trainer
 
     probe = dataclasses.replace(cfg, batch_size=batch, grad_accum=1, compile=False, plugins=[])
     with tempfile.TemporaryDirectory() as scratch:

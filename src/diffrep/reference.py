@@ -20,7 +20,7 @@ from torch import nn
 
 from diffrep.data import ImageSet, balanced_subset, load_builtin
 from diffrep.errors import DiffrepError
-from diffrep.metrics import frechet_distance
+from diffrep.evaluation.metrics import frechet_distance
 
 FEATURE_DIM = 128
 

@@ -20,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrep import distributed, metrics
+from diffrep import distributed
 from diffrep.data import BUILTIN, images_from_array, load_builtin, load_folder, read_npz
-from diffrep.encoders import Encoded, Encoder, get_encoder
 from diffrep.errors import DiffrepError
-from diffrep.features import FeatureCache, extract_features
+from diffrep.evaluation.encoders import Encoder, get_encoder
+from diffrep.evaluation.features import FeatureCache, extract_features
+from diffrep.evaluation.registry import MetricInputs, get_metric
 
-METRICS = ("fd", "fd_inf", "kid", "is", "prdc", "vendi", "authpct", "ct", "swd")
 DEFAULT_METRICS = ("fd", "kid", "prdc")
-NEEDS_TRAIN = ("authpct", "ct")   # compare samples with the training set
 
 
 @dataclass
@@ -72,44 +71,19 @@ def load_eval_set(spec: str, image_size: int | None = None) -> EvalSet:
 
 
 def _check_metrics(names: list[str], gen: EvalSet, ref: EvalSet, train: EvalSet | None) -> None:
-    unknown = [m for m in names if m not in METRICS]
-    if unknown:
-        raise DiffrepError(f"unknown metric(s) {', '.join(unknown)}: choose from {', '.join(METRICS)}")
+    needs = {name: get_metric(name).needs for name in names}
     if gen.images is None:
         raise DiffrepError(f"{gen.name} holds statistics only; the generated set must be images")
     for s in (gen, ref, train):
         if s is not None and s.images is not None and len(s.images) == 0:
             raise DiffrepError(f"{s.name} is empty")
-    if ref.images is None and set(names) - {"fd", "is", "vendi"}:
-        raise DiffrepError(f"{ref.name} holds statistics only (mu/sigma): only fd can use it, not "
-                           f"{', '.join(sorted(set(names) - {'fd', 'is', 'vendi'}))}")
-    missing_train = [m for m in names if m in NEEDS_TRAIN]
+    need_images = sorted(m for m, n in needs.items() if "reference" in n)
+    if ref.images is None and need_images:
+        raise DiffrepError(f"{ref.name} holds statistics only (mu/sigma): only fd can use it, not {', '.join(need_images)}")
+    missing_train = [m for m, n in needs.items() if "train" in n]
     if missing_train and train is None:
         raise DiffrepError(f"{', '.join(missing_train)} compare samples with the training set: pass --train "
                            "(e.g. --train mnist5k:train)")
-
-
-def _compute(metric: str, g: Encoded, r: Encoded | None, t: Encoded | None, ref: EvalSet, encoder: Encoder,
-             opts: dict) -> metrics.MetricResult:
-    if metric == "fd":
-        if ref.stats is not None and encoder.spec.name == "inception" and (r is None or opts["ref_stats"]):
-            return metrics.fd_from_stats(g.features, *ref.stats)
-        return metrics.fd(g.features, r.features, reference_sqrtm=opts["reference_sqrtm"])
-    if metric == "fd_inf":
-        return metrics.fd_infinity(g.features, r.features)
-    if metric == "kid":
-        return metrics.kid(g.features, r.features, subset_size=opts["kid_subset_size"])
-    if metric == "is":
-        return metrics.inception_score(g.logits)
-    if metric == "prdc":
-        return metrics.prdc(g.features, r.features, k_pr=opts["k_pr"], k_dc=opts["k_dc"])
-    if metric == "vendi":
-        return metrics.vendi(g.features)
-    if metric == "authpct":
-        return metrics.authenticity(g.features, t.features)
-    if metric == "ct":
-        return metrics.ct_score(g.features, t.features, r.features)
-    return metrics.sliced_wasserstein(g.features, r.features)
 
 
 def _check_shapes(encoder: Encoder, sets: list[EvalSet]) -> None:
@@ -147,15 +121,17 @@ def evaluate(gen: EvalSet, ref: EvalSet, *, metric_names: list[str], encoders: l
         if not distributed.current().is_main:
             continue
         g, r, t = encoded[0], encoded[1], encoded[2] if train is not None else None
+        use_stats = ref.stats is not None and encoder.spec.name == "inception" and (r is None or ref_stats)
+        inputs = MetricInputs(g, r, t, ref.stats if use_stats else None)
         for metric in metric_names:
-            if metric == "is" and g.logits is None:
+            if "logits" in get_metric(metric).needs and g.logits is None:
                 rows.append({"encoder": encoder.spec.name, "metric": metric, "values": {},
                              "skipped": f"the {encoder.spec.name} encoder has no class logits"})
                 continue
             start = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = _compute(metric, g, r, t, ref, encoder, opts)
+                result = get_metric(metric).compute(inputs, opts)
             for w in caught:
                 warnings.warn(f"{encoder.spec.name} {metric}: {w.message}", stacklevel=2)
             rows.append({"encoder": encoder.spec.name, "metric": metric, "values": result.values,

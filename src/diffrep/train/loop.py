@@ -16,13 +16,8 @@ import contextlib
 import copy
 import dataclasses
 import json
-import os
-import signal
-import sys
-import threading
 import time
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -31,178 +26,27 @@ from torch import nn
 from diffrep import distributed
 from diffrep.checkpoint import latest_checkpoint, save_checkpoint
 from diffrep.config import RESUMABLE_FIELDS, TrainConfig, config_diff, load_run_config, save_config
-from diffrep.data import BUILTIN, ImageSet, load_builtin, load_dataset, save_grid, to_model_range, to_uint8
+from diffrep.data import get_space, load_dataset
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write
-from diffrep.loss import Batch, denoising_loss
-from diffrep.nets import NULL_LABEL, UNet, build_net
-from diffrep.plugins import Plugin, WarmStart, build_plugins, plugin_net_options
+from diffrep.loss import Batch
+from diffrep.plugins import Plugin, WarmStart, build_plugins
 from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import make_process
-from diffrep.rng import BatchDraws, keyed_generator
-from diffrep.samplers import get_sampler, initial_noise
+from diffrep.rng import BatchDraws
+from diffrep.runs import build_model
+from diffrep.runtime import CompiledOrEager, pick_device, use_deterministic_kernels
+from diffrep.train.batches import PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch, slice_batch, step_generator
+from diffrep.train.objectives import Denoising, Objective
+from diffrep.train.optim import make_optimizer
+from diffrep.train.periodic import PeriodicEval, log_record, sample_grid
+from diffrep.train.schedules import ema_decay_at, lr_at
+from diffrep.train.signals import StopRequest
 
-BATCH_STREAM, EPOCH_STREAM, WARMUP_STREAM, PLUGIN_STREAM = 0, 1, 2, 3
-"""Streams of :func:`step_generator`: the batch's draws, the epoch permutation, the draws of a plug-in's
-warm-up batches (:meth:`Plugin.initialize`), the plug-ins' draws of the step."""
-
-
-def step_generator(seed: int, step: int, stream: int = BATCH_STREAM) -> torch.Generator:
-    """The generator for one step's draws: a pure function of ``(seed, step, stream)``."""
-    return keyed_generator(seed, step, stream)
-
-
-class EpochSampler:
-    """Stateless data order: epoch ``e`` is ``randperm(N)`` seeded by ``(seed, e)``; step ``s`` takes the next ``B``."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._cache: dict[int, torch.Tensor] = {}
-
-    def _perm(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=step_generator(self.seed, epoch, EPOCH_STREAM))}
-        return self._cache[epoch]
-
-    def indices(self, step: int) -> torch.Tensor:
-        start = step * self.batch_size
-        out = []
-        while len(out) < self.batch_size:
-            epoch, offset = divmod(start + len(out), self.n)
-            take = min(self.batch_size - len(out), self.n - offset)
-            out.extend(self._perm(epoch)[offset: offset + take].tolist())
-        return torch.tensor(out, dtype=torch.long)
-
-
-def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int,
-               stream: int = BATCH_STREAM) -> Batch:
-    """The global batch of step ``step`` with all its randomness."""
-    g = step_generator(cfg.seed, step, stream)
-    x0 = to_model_range(data.images[indices])
-    n = x0.shape[0]
-    if cfg.hflip:
-        flip = torch.rand(n, generator=g) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-    t = process.sample_time(n, g)
-    noise = torch.randn(x0.shape, generator=g)
-    cond = None
-    if cfg.class_conditional and data.labels is not None:
-        drop = torch.rand(n, generator=g) < cfg.label_dropout
-        cond = torch.where(drop, NULL_LABEL, data.labels[indices])
-    return Batch(x0, cond, t, noise)
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy to ``device``; to a GPU through pinned memory without blocking, so the host draws the
-    next batch while the GPU still runs this step (PyTorch keeps the pinned buffer until the copy ends)."""
-    if device.type != "cuda":
-        return x.to(device)
-    return x.pin_memory().to(device, non_blocking=True)
-
-
-def _slice(batch: Batch, sl: slice, device: torch.device) -> Batch:
-    return Batch(_to_device(batch.x0[sl], device), None if batch.cond is None else _to_device(batch.cond[sl], device),
-                 _to_device(batch.t[sl], device), _to_device(batch.noise[sl], device))
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: this process's GPU (``cuda:LOCAL_RANK`` under torchrun) when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda", distributed.current().local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DiffrepError(f"unknown --device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DiffrepError(f"--device {name}: this PyTorch build sees no CUDA GPU; use --device cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DiffrepError(f"--device {name}: there are {torch.cuda.device_count()} GPU(s), numbered from 0")
-    return device
-
-
-def use_deterministic_kernels() -> None:
-    """Deterministic kernels: on a GPU cuBLAS with a fixed workspace, deterministic cuDNN algorithms
-    and scatter-adds, math attention; on the CPU, where eager kernels always are, Inductor's compiled
-    scatter-adds (the label embedding's gradient otherwise adds its rows in thread order).  The same
-    inputs then give the same bits.  An op with no deterministic kernel warns (PyTorch names it)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-
-
-def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then constant (DiT / SiT / REPA), so a run can be extended by raising ``--steps``."""
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-
-
-def ema_decay_at(cfg: TrainConfig, step: int) -> float:
-    """EMA decay used after optimiser step ``step``; 0 (a plain copy) before ``--ema-start``.
-
-    After it the decay ramps up as ``min(ema_decay, (1 + k) / (10 + k))``, ``k`` = steps since
-    ``ema_start`` (the ``num_updates`` warm-up of TensorFlow's ExponentialMovingAverage), so a
-    short run's EMA is not dominated by the initial weights: at decay 0.999 a constant
-    decay would still hold 30% of the initialisation after 1,200 steps.
-    """
-    if step < cfg.ema_start:
-        return 0.0
-    k = step - cfg.ema_start
-    return min(cfg.ema_decay, (1 + k) / (10 + k))
-
-
-def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The net of ``cfg``, with the architecture options its plug-ins ask for (e.g. ``selfcond``)."""
-    c, h, _ = image_shape
-    net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes, **plugin_net_options(cfg.plugins),
-                    **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
-    if cfg.channels_last:
-        if not isinstance(net, UNet):
-            raise DiffrepError("--channels-last is for the U-Net (a DiT has no convolutions after its patch embedding)")
-        net = net.to(memory_format=torch.channels_last)
-    return net
-
-
-def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter],
-                   head_params: list[nn.Parameter] = ()) -> torch.optim.Optimizer:
-    """AdamW with the chosen kernel: ``fused`` (one kernel for all tensors), ``foreach`` or ``for-loop``.
-
-    Plug-in heads get a parameter group of their own: under FSDP the net's parameters are
-    ``DTensor`` shards, and one multi-tensor kernel cannot mix them with plain tensors."""
-    impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[cfg.adamw_impl]
-    groups = [{"params": list(params)}] + ([{"params": list(head_params)}] if head_params else [])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay, **impl)
-
-
-class CompiledOrEager(nn.Module):
-    """``torch.compile(module)``, or ``module`` itself once compiling has failed (warned once).
-
-    Compilation happens at the first call (and on new shapes); if the backend is missing or fails
-    (no C++ compiler, an unsupported op), training goes on in eager mode instead of stopping.
-    Inductor's layout optimisation (its own channels-last conversion of convolution graphs) is off:
-    under CPU bf16 autocast (torch 2.13) it zeroed the gradients of every U-Net level below the top
-    one (a test compares with eager).  In channels-last memory the bug remains either way, so the
-    trainer refuses ``--channels-last`` with ``--compile`` on the CPU.
-
-    Calls guard on the modules' hooks: by default Dynamo does not, so a net with plug-in hooks
-    (CEP's perturbation, UMD's masking) compiled in a process that had compiled a net of the same
-    class without them reused that graph and silently trained without the plug-in (and the reverse).
-    """
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-        self.compiled = torch.compile(module, options={"layout_optimization": False})
-        self.failed = False
-
-    def forward(self, *args, **kwargs):
-        if not self.failed:
-            try:
-                with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
-                    return self.compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 — any compiler failure falls back to eager
-                self.failed = True
-                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                              "continuing without --compile", stacklevel=2)
-        return self.module(*args, **kwargs)
+NO_BAD_STEP = 2**62
+"""``bad_step``'s value while every loss has been finite."""
+STOP_CHECK_EVERY = 5
+"""Under torchrun, how often (in steps) the ranks agree on a stop request (a host sync each time)."""
 
 
 class TrainingDiverged(DiffrepError):
@@ -213,7 +57,7 @@ class Trainer:
     """Trains ``cfg`` into ``out``; ``run()`` returns the final step."""
 
     def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, plugins: list[Plugin] | None = None,
-                 device: str = "auto", progress: bool = True):
+                 device: str = "auto", progress: bool = True, objective: Objective | None = None):
         self.world = distributed.current()
         if cfg.batch_size % (self.world.size * cfg.grad_accum):
             raise DiffrepError(f"--batch-size {cfg.batch_size} must be divisible by processes × --grad-accum "
@@ -229,6 +73,7 @@ class Trainer:
             use_deterministic_kernels()
         self.plugins = nn.ModuleList(build_plugins(cfg.plugins) if plugins is None else plugins)
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
+        self.space = get_space()
         self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
         self.process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
         torch.manual_seed(cfg.seed)
@@ -242,7 +87,8 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
         self.autocast = self.precision.autocast
         self.step = 0
-        self._eval_sets = None
+        self.objective = objective or Denoising()
+        self._evaluate = PeriodicEval()
         ckpt = self._open_run_dir(resume)
         if not resume:
             self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
@@ -319,8 +165,8 @@ class Trainer:
 
     def warmup_batch(self, k: int) -> Batch:
         """The ``k``-th batch of a plug-in's warm-up: the global batch, on the device, with its own draws."""
-        batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM)
-        return _slice(batch, slice(None), self.device)
+        batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM, self.space)
+        return slice_batch(batch, slice(None), self.device)
 
     def _trim_metrics(self) -> None:
         """Drop log lines past the resumed step, so a resumed run's log has each step once."""
@@ -375,7 +221,7 @@ class Trainer:
         only after the last micro-batch), so the update is the full batch's mean gradient.
         """
         cfg = self.cfg
-        batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step)
+        batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step, space=self.space)
         for g in self.optimizer.param_groups:
             g["lr"] = lr_at(cfg, step)
         denoiser = self.process.denoiser(self.forward_net, self.autocast)
@@ -387,13 +233,13 @@ class Trainer:
         for k in range(cfg.grad_accum):
             start = self.world.rank * local + k * micro
             rows = slice(start, start + micro)              # of the global batch
-            mb = _slice(batch, rows, self.device)
+            mb = slice_batch(batch, rows, self.device)
             draws = BatchDraws(step_generator(cfg.seed, step, PLUGIN_STREAM), cfg.batch_size, rows)
             for p in self.plugins:
                 mb = p.transform_batch(mb, step, draws)
             last = k == cfg.grad_accum - 1
             with self._gradient_sync(last):
-                out = denoising_loss(denoiser, mb, taps)
+                out = self.objective(denoiser, mb, step, taps)
                 loss = out.total
                 for p in self.plugins:
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -465,7 +311,7 @@ class Trainer:
                         record = {"step": self.step, **means, "lr": lr_at(cfg, self.step - 1),
                                   "img_per_s": n * cfg.batch_size / dt}
                         if self.world.is_main:
-                            self._log(record, writer)
+                            log_record(self.out, record, writer)
                         bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
                         loss_sum.zero_()
                         parts_sum.clear()
@@ -507,128 +353,10 @@ class Trainer:
             return False
         return bool(distributed.max_over_ranks(torch.tensor(float(stop.requested), device=self.device)))
 
-    def _log(self, record: dict, writer) -> None:
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for k, v in record.items():
-            if k != "step":
-                writer.add_scalar(f"train/{k}", v, record["step"])
+    def evaluate(self, writer=None) -> list[dict]:
+        """Evaluate EMA samples now (:class:`~diffrep.train.periodic.PeriodicEval`)."""
+        return self._evaluate(self, writer)
 
-    def evaluate(self, writer=None) -> list[dict] | None:
-        """Evaluate ``eval_samples`` class-balanced EMA samples (``grid_sampler``, ``grid_steps``) against the
-        test split of a built-in dataset (else the training data); sampling is sharded over ranks.
-
-        Appends to ``eval.jsonl``, TensorBoard ``eval/<encoder>/<value>`` and redraws ``eval.png``.
-        """
-        from diffrep.evaluate import EvalSet, evaluate, load_encoders, plot_curves
-        from diffrep.features import FeatureCache
-        from diffrep.generate import generate, make_labels
-
-        cfg = self.cfg
-        if self._eval_sets is None:
-            ref = load_builtin(cfg.data, "test") if cfg.data in BUILTIN else self.data
-            self._eval_sets = (EvalSet(f"{cfg.data}:test" if cfg.data in BUILTIN else cfg.data, ref.images),
-                               EvalSet(f"{cfg.data}:train", self.data.images),
-                               load_encoders(cfg.eval_encoders.split(",")))
-        ref, train, encoders = self._eval_sets
-        labels = make_labels("balanced", cfg.eval_samples, self.num_classes) if self.num_classes else None
-        chunks = generate(self.sampling_net(), self.process, self.data.shape, cfg.eval_samples, sampler=cfg.grid_sampler,
-                          steps=cfg.grid_steps, seed=cfg.seed, labels=labels, autocast=self.autocast,
-                          chunks=lambda j: j % self.world.size == self.world.rank, progress=False)
-        images = distributed.broadcast_from_main(distributed.gather_chunks(chunks))
-        rows = evaluate(EvalSet(f"step {self.step}", images), ref, metric_names=cfg.eval_metrics.split(","),
-                        encoders=encoders, train=train, device=str(self.device), cache=FeatureCache(),
-                        cache_generated=False, progress=False)
-        if self.world.is_main:
-            record = {"step": self.step, **{f"{r['encoder']}/{k}": v for r in rows for k, v in r["values"].items()}}
-            with open(self.out / "eval.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            for k, v in record.items():
-                if writer is not None and k != "step":
-                    writer.add_scalar(f"eval/{k}", v, self.step)
-            plot_curves(self.out / "eval.jsonl", self.out / "eval.png")
-        return rows
-
-    @torch.no_grad()
-    def save_grid(self, n: int = 64) -> Path | None:
-        """A PNG grid of EMA samples with fixed noise (class ``i mod C`` in cell ``i``), drawn by rank 0.
-
-        Every rank calls it: under FSDP gathering the EMA weights is collective."""
-        net = self.sampling_net()
-        if not self.world.is_main:
-            return None
-        cond = torch.arange(n, device=self.device) % self.num_classes if self.num_classes else None
-        ts = self.process.time_grid(self.cfg.grid_steps)
-        x = initial_noise(self.process, (n, *self.data.shape), ts[0], torch.Generator().manual_seed(self.cfg.seed), self.device)
-        x = get_sampler(self.cfg.grid_sampler)(self.process.denoiser(net, self.autocast), x, ts, cond=cond)
-        path = self.out / "grids" / f"step_{self.step:07d}.png"
-        save_grid(to_uint8(x.cpu()), path, nrow=self.num_classes or None)
-        return path
-
-
-NO_BAD_STEP = 2**62
-"""``bad_step``'s value while every loss has been finite."""
-STOP_CHECK_EVERY = 5
-"""Under torchrun, how often (in steps) the ranks agree on a stop request (a host sync each time)."""
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) and SIGTERM during training, as a flag the loop reads between steps.
-
-    The loop then checkpoints the finished step and stops (``KeyboardInterrupt``), so a checkpoint
-    never holds a half-done step (an optimiser update without its step count).  A second signal
-    stops at once, without a checkpoint: the last one on disk is intact.  Repeats within
-    :attr:`REPEAT_S` seconds count as the first (torchrun forwards the signal a worker may also get
-    from the terminal or from Slurm).  Outside the main thread (where Python cannot install
-    handlers) signals keep their usual effect.
-    """
-
-    REPEAT_S = 2.0
-
-    def __init__(self):
-        self.requested = False
-        self._first: float | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self._first is not None:
-            if time.monotonic() - self._first > self.REPEAT_S:
-                raise KeyboardInterrupt
-            return
-        self.requested, self._first = True, time.monotonic()
-        if distributed.current().is_main:
-            print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-                  "(signal again to stop at once, without one)", file=sys.stderr, flush=True)
-
-
-def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") -> tuple[nn.Module, object, TrainConfig, dict]:
-    """Load a trained run for sampling/probing: ``(net, process, config, model_info)``; ``weights``: ``ema`` or ``model``."""
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    info = json.loads((run_dir / "model.json").read_text())
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
-    net = build_model(cfg, tuple(info["image_shape"]), info["num_classes"])
-    net.load_state_dict(ckpt.weights(weights))
-    info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
-    return net.to(pick_device(device)).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling), cfg, info
-
-
-def check_images_fit_run(images: torch.Tensor, info: dict, run: Path | str, data: str) -> None:
-    """Refuse images whose C×H×W differs from what the run was trained on (``info``: :func:`load_run`'s)."""
-    if tuple(images.shape[1:]) != tuple(info["image_shape"]):
-        raise DiffrepError(f"{data} images are {tuple(images.shape[1:])} (C×H×W) but {run} was trained on "
-                           f"{tuple(info['image_shape'])}: pass --data with images of the run's size")
-
-
-__all__ = ["Trainer", "TrainingDiverged", "check_images_fit_run", "load_run", "lr_at", "step_generator"]
+    def save_grid(self) -> Path | None:
+        """Draw the EMA's sample grid now (:func:`~diffrep.train.periodic.sample_grid`)."""
+        return sample_grid(self)

@@ -179,10 +179,10 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
     and the images are checked."""
     from diffrep.config import load_run_config
     from diffrep.data import BUILTIN, load_builtin
-    from diffrep.encoders import get_encoder
-    from diffrep.features import extract_features
-    from diffrep.represent import check_times, diffusion_features, resolve_blocks
-    from diffrep.trainer import check_images_fit_run, load_run
+    from diffrep.evaluation.encoders import get_encoder
+    from diffrep.evaluation.features import extract_features
+    from diffrep.represent.features import check_times, diffusion_features, resolve_blocks
+    from diffrep.runs import check_images_fit_run, load_run
 
     data = data or load_run_config(run).data
     if data not in BUILTIN:

@@ -214,7 +214,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
     on ``fit_images`` train images."""
     from diffrep.config import load_run_config
     from diffrep.data import BUILTIN, balanced_subset, load_builtin
-    from diffrep.trainer import check_images_fit_run, load_run
+    from diffrep.runs import check_images_fit_run, load_run
 
     data = data or load_run_config(run).data
     if data not in BUILTIN:

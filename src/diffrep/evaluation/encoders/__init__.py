@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffrep.encoders.resize import RESIZE_MODES, resize
+from diffrep.evaluation.encoders.resize import RESIZE_MODES, resize
 from diffrep.errors import DiffrepError
 
 # (mean, std) applied to images in [0, 1]
@@ -138,7 +138,7 @@ class _ReferenceFeatures(nn.Module):
 
 
 def _inception(weights: str | None, resize_mode: str | None) -> Encoder:
-    from diffrep.encoders.inception import load_fid_inception
+    from diffrep.evaluation.encoders.inception import load_fid_inception
 
     net = load_fid_inception(weights)
     return Encoder(EncoderSpec("inception", 299, resize_mode or "clean", "[-1,1]", "pool3", state_dict_sha256(net)), net)
@@ -146,7 +146,7 @@ def _inception(weights: str | None, resize_mode: str | None) -> Encoder:
 
 def _dinov2(name: str) -> Callable[[str | None, str | None], Encoder]:
     def build(weights: str | None, resize_mode: str | None) -> Encoder:
-        from diffrep.encoders.dinov2 import load_dinov2
+        from diffrep.evaluation.encoders.dinov2 import load_dinov2
 
         net = load_dinov2(name, weights)
         spec = EncoderSpec(name, 224, resize_mode or "bicubic", "imagenet", "cls", state_dict_sha256(net))
@@ -155,7 +155,7 @@ def _dinov2(name: str) -> Callable[[str | None, str | None], Encoder]:
 
 
 def _clip(weights: str | None, resize_mode: str | None) -> Encoder:
-    from diffrep.encoders.clip import load_clip_image_tower
+    from diffrep.evaluation.encoders.clip import load_clip_image_tower
 
     net = load_clip_image_tower(weights)
     return Encoder(EncoderSpec("clip", 224, resize_mode or "bicubic", "clip", "image_embeds", state_dict_sha256(net)),

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from diffrep import distributed
-from diffrep.encoders import Encoded, Encoder
+from diffrep.evaluation.encoders import Encoded, Encoder
 from diffrep.io import atomic_write
 
 DTYPES = ("fp32", "bf16")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffrep.encoders.weights import check_state_dict, read_state_dict
+from diffrep.evaluation.encoders.weights import check_state_dict, read_state_dict
 from diffrep.errors import DiffrepError
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffrep.encoders.weights import check_state_dict, read_state_dict
+from diffrep.evaluation.encoders.weights import check_state_dict, read_state_dict
 
 FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"

@@ -1,0 +1,166 @@
+"""The training configuration: one dataclass whose fields carry their section, help and valid values.
+
+The command line's ``train`` flags are generated from this metadata (:mod:`diffrep.cli.train`), so a
+new option is one field here.  Sections group the fields in ``config.yaml``; :data:`RESUMABLE_FIELDS`
+may change on ``--resume``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+from diffrep.errors import DiffrepError
+from diffrep.precision import PRECISIONS, check_precision
+
+ADAMW_IMPLS = ("fused", "foreach", "for-loop")
+SECTIONS = ("data", "model", "process", "optim", "log")
+"""Sections of ``config.yaml``, in order (room for ``space``, ``objective``, ``guidance``)."""
+
+
+def option(default, section: str, help: str, *, choices: tuple | Callable[[], tuple] | None = None,
+           minimum: int | None = None, flag: str | None = None, action: str | None = None, metavar: str | None = None,
+           factory: Callable | None = None):
+    """A config field with the metadata its command-line flag is generated from: ``section``, ``help``,
+    ``choices`` (or a function returning them, for registries), ``minimum`` (whole numbers), ``flag`` and
+    ``action`` where they differ from ``--name`` and the type's default action."""
+    meta = {"section": section, "help": help, "choices": choices, "minimum": minimum, "flag": flag, "action": action,
+            "metavar": metavar}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+def _models() -> tuple:
+    from diffrep.nets import MODELS
+
+    return tuple(MODELS)
+
+
+def _processes() -> tuple:
+    from diffrep.processes import PROCESSES
+
+    return tuple(PROCESSES)
+
+
+def _samplers() -> tuple:
+    from diffrep.samplers import SAMPLERS
+
+    return tuple(SAMPLERS)
+
+
+@dataclass
+class TrainConfig:
+    data: str = option("mnist5k", "data", "mnist5k | digits | a folder of images | an .npz")
+    image_size: int | None = option(None, "data", "resize images to this square size (needed for mixed sizes)",
+                                    minimum=1)
+    hflip: bool = option(False, "data", "random horizontal flips")
+    class_conditional: bool = option(True, "data", "ignore labels even when the data has them",
+                                     flag="--unconditional", action="store_false")
+    label_dropout: float = option(0.1, "data", "fraction of labels replaced by the null class (CFG)")
+    model: str = option("UNet-S", "model", "the net's registered size", choices=_models, metavar="MODEL")
+    grad_checkpoint: bool = option(False, "model", "activation checkpointing per block: less memory, ~30%% more compute")
+    channels_last: bool = option(False, "model", "U-Net in NHWC memory layout (not with --compile on the CPU)")
+    compile: bool = option(False, "model", "torch.compile the net (first steps compile; falls back to eager with a "
+                           "warning if it fails)", action="negatable")
+    deterministic: bool = option(False, "model", "deterministic kernels, so a resumed or repeated GPU run, or compiled "
+                                 "CPU run, is bit-identical too (slower; eager CPU runs always are)")
+    fsdp: bool = option(False, "model", "under torchrun: shard weights, gradients, optimizer and EMA over the "
+                        "processes (FSDP2) instead of replicating them (DDP); for nets that do not fit one device")
+    process: str = option("flow", "process", "flow (SiT), vp (DDPM) or edm", choices=_processes)
+    prediction: str = option("eps", "process", "vp only: ε- or v-prediction", choices=("eps", "v"))
+    schedule: str = option("linear", "process", "vp only: β schedule", choices=("linear", "cosine"))
+    time_sampling: str = option("uniform", "process", "flow only: training-time distribution",
+                                choices=("uniform", "logit-normal"))
+    steps: int = option(2000, "optim", "total optimiser steps (raise it with --resume to extend a run)", minimum=1)
+    batch_size: int = option(128, "optim", "global batch size", minimum=1)
+    grad_accum: int = option(1, "optim", "micro-batches per step (same update as the full batch)", minimum=1)
+    lr: float = option(1e-3, "optim", "peak learning rate (warm-up, then constant: DiT/SiT/REPA)")
+    warmup: int = option(100, "optim", "warm-up steps", minimum=0)
+    weight_decay: float = option(0.0, "optim", "AdamW weight decay")
+    beta2: float = option(0.999, "optim", "AdamW β2")
+    adamw_impl: str = option("foreach", "optim", "AdamW kernel (fused was no faster on the CPU here)",
+                             choices=ADAMW_IMPLS)
+    grad_clip: float = option(1.0, "optim", "max gradient norm (0: off)")
+    ema_decay: float = option(0.999, "optim", "EMA decay (ramped up from the start, see ema_decay_at)")
+    ema_start: int = option(0, "optim", "EMA copies the weights before this step", minimum=0)
+    precision: str = option("auto", "optim", "auto: bf16 autocast where the device computes bf16 natively (CUDA, AMX "
+                            "or AVX512_BF16 CPUs), else fp32; a run records the choice and a resume keeps it",
+                            choices=PRECISIONS)
+    seed: int = option(0, "optim", "the seed every draw of the run derives from")
+    plugins: list[str] = option(None, "optim", "a training plug-in, repeatable: repa:encoder=reference,depth=2,"
+                                "weight=0.5 | sra (see `diffrep plugins`)", flag="--plugin", action="append",
+                                metavar="NAME[:OPT=VAL,…]", factory=list)
+    ckpt_every: int = option(500, "log", "checkpoint every N steps (and at the end, and on Ctrl-C)", minimum=0)
+    keep_last: int = option(3, "log", "checkpoints to keep (0: all)", minimum=0)
+    log_every: int = option(25, "log", "log the loss every N steps", minimum=0)
+    grid_every: int = option(500, "log", "sample-grid PNG every N steps (0: never)", minimum=0)
+    grid_sampler: str = option("euler", "log", "sampler of the grids and evaluations", choices=_samplers)
+    grid_steps: int = option(32, "log", "sampler steps of the grids and evaluations", minimum=1)
+    eval_every: int = option(0, "log", "evaluate EMA samples every N steps (0: never): eval.jsonl, TensorBoard "
+                             "eval/*, eval.png", minimum=0)
+    eval_samples: int = option(1000, "log", "samples per evaluation (class-balanced)", minimum=1)
+    eval_metrics: str = option("fd", "log", "comma list of metrics (see `diffrep eval --help`)")
+    eval_encoders: str = option("reference", "log", "comma list of encoders")
+
+    def validate(self) -> "TrainConfig":
+        from diffrep.nets import MODELS
+        from diffrep.processes import PROCESSES
+
+        if self.model not in MODELS:
+            raise DiffrepError(f"unknown model {self.model!r}: choose one of {', '.join(MODELS)}")
+        if self.process not in PROCESSES:
+            raise DiffrepError(f"unknown process {self.process!r}: choose one of {', '.join(PROCESSES)}")
+        if self.adamw_impl not in ADAMW_IMPLS:
+            raise DiffrepError(f"unknown --adamw-impl {self.adamw_impl!r}: choose one of {', '.join(ADAMW_IMPLS)}")
+        check_precision(self.precision)
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise DiffrepError("--steps, --batch-size and --grad-accum must be positive")
+        if self.batch_size % self.grad_accum:
+            raise DiffrepError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise DiffrepError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
+        if self.eval_every or (self.eval_metrics, self.eval_encoders) != ("fd", "reference"):
+            self._validate_eval_names()
+        if self.eval_every and self.eval_samples < 10:
+            raise DiffrepError(f"--eval-samples must be at least 10, got {self.eval_samples}")
+        from diffrep.plugins import parse_plugin
+
+        for spec in self.plugins:
+            parse_plugin(spec)
+        return self
+
+    def refuse_ignored_options(self) -> None:
+        """Refuse options that a new run would silently ignore.  Not part of :meth:`validate`, so that runs
+        saved before this check (with such an option recorded) still load and resume."""
+        from diffrep.data import BUILTIN
+
+        if self.process != "vp" and (self.prediction != "eps" or self.schedule != "linear"):
+            raise DiffrepError(f"--prediction and --schedule apply to --process vp only (this run: {self.process})")
+        if self.process != "flow" and self.time_sampling != "uniform":
+            raise DiffrepError(f"--time-sampling applies to --process flow only (this run: {self.process})")
+        if self.image_size is not None and (self.data in BUILTIN or self.data.endswith(".npz")):
+            raise DiffrepError(f"--image-size resizes the images of a folder; {self.data} has a fixed size: "
+                               "drop --image-size")
+
+    def _validate_eval_names(self) -> None:
+        from diffrep.evaluation.encoders import ENCODERS
+        from diffrep.evaluation import METRICS
+
+        for flag, names, valid in (("--eval-metrics", self.eval_metrics, METRICS),
+                                   ("--eval-encoders", self.eval_encoders, tuple(ENCODERS))):
+            unknown = [n for n in names.split(",") if n not in valid]
+            if unknown:
+                raise DiffrepError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+
+    def identity(self) -> dict:
+        """The fields that define the training trajectory (everything a resume must keep)."""
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_FIELDS}
+
+
+RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "grid_every", "grid_sampler", "grid_steps",
+                              "eval_every", "eval_samples", "eval_metrics", "eval_encoders",
+                              # speed options: a resume may switch them (bit-identity needs the same ones)
+                              "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic", "fsdp",
+                              "grad_accum", "precision"})
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+FIELD_SECTIONS = {f.name: f.metadata["section"] for f in fields(TrainConfig)}

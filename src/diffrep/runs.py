@@ -1,0 +1,69 @@
+"""A trained run on disk: its net (with the architecture options its plug-ins asked for), process and config.
+
+Every command that reads a model goes through :func:`load_run`.  A run directory holds
+``config.yaml`` (the resolved config), ``model.json`` (image shape, classes, model, process),
+``checkpoints/step_NNNNNNN/`` (:mod:`diffrep.checkpoint`), ``metrics.jsonl``, ``eval.jsonl``,
+``tb/`` and ``grids/``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from diffrep.checkpoint import latest_checkpoint
+from diffrep.config import TrainConfig, load_run_config
+from diffrep.errors import DiffrepError
+from diffrep.nets import UNet, build_net
+from diffrep.plugins import plugin_net_options
+from diffrep.processes import Process, make_process
+from diffrep.runtime import pick_device
+
+
+class Run(NamedTuple):
+    """A loaded run: the net (EMA or raw weights, in eval mode, on the device), its process, its config and
+    ``info`` (``model.json`` plus the checkpoint's step, the weights' name and the config as a dict)."""
+
+    net: nn.Module
+    process: Process
+    config: TrainConfig
+    info: dict
+
+
+def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The net of ``cfg``, with the architecture options its plug-ins ask for (e.g. ``selfcond``)."""
+    c, h, _ = image_shape
+    net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes, **plugin_net_options(cfg.plugins),
+                    **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
+    if cfg.channels_last:
+        if not isinstance(net, UNet):
+            raise DiffrepError("--channels-last is for the U-Net (a DiT has no convolutions after its patch embedding)")
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") -> Run:
+    """Load a trained run for sampling/probing: ``(net, process, config, model_info)``; ``weights``: ``ema`` or ``model``."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    info = json.loads((run_dir / "model.json").read_text())
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
+    net = build_model(cfg, tuple(info["image_shape"]), info["num_classes"])
+    net.load_state_dict(ckpt.weights(weights))
+    info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
+    return Run(net.to(pick_device(device)).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling),
+               cfg, info)
+
+
+def check_images_fit_run(images: torch.Tensor, info: dict, run: Path | str, data: str) -> None:
+    """Refuse images whose C×H×W differs from what the run was trained on (``info``: :func:`load_run`'s)."""
+    if tuple(images.shape[1:]) != tuple(info["image_shape"]):
+        raise DiffrepError(f"{data} images are {tuple(images.shape[1:])} (C×H×W) but {run} was trained on "
+                           f"{tuple(info['image_shape'])}: pass --data with images of the run's size")

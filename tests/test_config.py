@@ -1,0 +1,82 @@
+"""The config: sections in config.yaml, flat files of earlier releases, flags generated from field metadata."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from diffrep.config import SECTIONS, TrainConfig, load_run_config, make_config, preset, save_config
+
+FLAT_CONFIG_OF_0_1 = """data: digits
+image_size: null
+hflip: false
+class_conditional: true
+label_dropout: 0.1
+model: UNet-S
+process: flow
+prediction: eps
+schedule: linear
+time_sampling: uniform
+grad_checkpoint: false
+channels_last: false
+compile: false
+deterministic: false
+fsdp: false
+steps: 20
+batch_size: 16
+grad_accum: 1
+lr: 0.001
+warmup: 100
+weight_decay: 0.0
+beta2: 0.999
+adamw_impl: foreach
+grad_clip: 1.0
+ema_decay: 0.999
+ema_start: 0
+precision: bf16
+seed: 0
+ckpt_every: 10
+keep_last: 3
+log_every: 5
+grid_every: 0
+grid_sampler: euler
+grid_steps: 32
+eval_every: 0
+eval_samples: 1000
+eval_metrics: fd
+eval_encoders: reference
+plugins: []
+"""
+
+
+def test_config_yaml_is_written_in_sections_and_read_back(tmp_path):
+    cfg = make_config(preset("smoke"), {"plugins": ["sra"]})
+    save_config(cfg, tmp_path / "config.yaml")
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert list(written) == list(SECTIONS) and written["optim"]["plugins"] == ["sra"]
+    assert written["data"]["data"] == "digits" and written["model"]["model"] == "UNet-S"
+    assert load_run_config(tmp_path) == cfg
+
+
+def test_a_flat_config_of_an_earlier_release_still_loads(tmp_path):
+    (tmp_path / "config.yaml").write_text(FLAT_CONFIG_OF_0_1)
+    cfg = load_run_config(tmp_path)
+    assert (cfg.data, cfg.steps, cfg.precision, cfg.batch_size) == ("digits", 20, "bf16", 16)
+
+
+def test_every_config_field_has_a_train_flag_with_its_metadata(cli, capsys):
+    from diffrep.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest: a for a in train._actions}
+    for f in fields(TrainConfig):
+        assert f.name in dests, f"--{f.name} is missing"
+        assert dests[f.name].default is None, f"--{f.name} would override presets and config files"
+        assert f.metadata["section"] in SECTIONS
+    assert dests["class_conditional"].option_strings == ["--unconditional"]
+    assert "UNet-XS" in dests["model"].choices and dests["steps"].type("5") == 5
+    with pytest.raises(SystemExit):
+        cli("train", "--out", "x", "--steps", "0")
+    assert "must be at least 1" in capsys.readouterr().err
