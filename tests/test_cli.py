@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMOKE, run_cli_process
+from helpers import SMOKE, run_cli_process
 from diffrep.config import load_run_config
 
 COMMANDS = ["train", "sample", "judge", "quickstart", "presets", "reference"]
@@ -53,7 +53,7 @@ def test_missing_data_folder_and_not_a_run(cli, tmp_path):
 
 
 def test_corrupt_image_is_reported_on_one_line(cli, tmp_path):
-    from conftest import write_images
+    from helpers import write_images
 
     write_images(tmp_path / "data" / "a", 4)
     write_images(tmp_path / "data" / "b", 4, seed=1)

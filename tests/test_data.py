@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_images
+from helpers import write_images
 from diffrep.data import balanced_subset, load_builtin, load_dataset, load_folder, load_npz, to_model_range, to_uint8
 from diffrep.errors import DiffrepError
 

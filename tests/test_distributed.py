@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMOKE
-from test_trainer import weights
+from helpers import SMOKE, weights
 
 from diffrep.checkpoint import latest_checkpoint
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import SMOKE
+from helpers import SMOKE, assert_bit_identical, weights
 from diffrep.checkpoint import latest_checkpoint
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
@@ -16,7 +16,6 @@ from diffrep.plugins import WarmStart, build_plugins, match_token_grid, parse_pl
 from diffrep.rng import BatchDraws
 from diffrep.runs import load_run
 from diffrep.train import Trainer
-from test_trainer import assert_bit_identical, weights
 
 
 def test_options_and_their_errors():

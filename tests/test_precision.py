@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import SMOKE
+from helpers import SMOKE
 from diffrep import precision, quickstart
 from diffrep.config import load_run_config, make_config, preset
 from diffrep.errors import DiffrepError

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import SMOKE
+from helpers import SMOKE
 from diffrep.represent.diffusion_classifier import PairErrors, classify, fit_time_weights, fit_temperature, probabilities
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import SMOKE, run_cli_process
+from helpers import SMOKE, assert_bit_identical, run_cli_process, weights
 from diffrep.checkpoint import latest_checkpoint, list_checkpoints
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
@@ -20,18 +20,6 @@ from diffrep.plugins import Plugin
 from diffrep.runs import build_model
 from diffrep.runtime import CompiledOrEager, use_deterministic_kernels
 from diffrep.train import StopRequest, Trainer, TrainingDiverged
-
-
-def weights(run) -> dict[str, torch.Tensor]:
-    ckpt = latest_checkpoint(run)
-    return {**{f"model.{k}": v for k, v in ckpt.weights("model").items()},
-            **{f"ema.{k}": v for k, v in ckpt.weights("ema").items()}}
-
-
-def assert_bit_identical(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
 def test_extending_a_run_is_bit_identical(cli, tmp_path):
