@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffrep import metrics
+from diffrep.evaluation import metrics
 from diffrep.errors import DiffrepError
 
 

@@ -43,7 +43,7 @@ def test_every_metric_tells_a_distribution_from_a_disjoint_one(name):
     if name in EXPECT:
         assert EXPECT[name](_value(name, a, a2), _value(name, a, far)), name
     elif name == "is":              # of the generated set alone: 10 confident, balanced classes against one class
-        assert _value(name, a, a2, logits=logits)["is"] == pytest.approx(10, rel=1e-3)
+        assert _value(name, a, a2, logits=logits)["is"] > 8        # at most 10; per-split class counts vary
         assert _value(name, a, a2, logits=torch.zeros(300, 10))["is"] == pytest.approx(1)
     elif name == "vendi":           # effective number of distinct samples: many against one
         assert _value(name, a, a2)["vendi"] > 5 > 1.01 > _value(name, a[:1].repeat(300, 1), a2)["vendi"]

@@ -89,3 +89,16 @@ def test_taps_only_stops_after_the_deepest_tap_with_the_same_states(model):
     out, early = net(x, t, y, taps=taps, taps_only=True)
     assert out is None and early.keys() == full.keys() and not calls, "later blocks do not run"
     assert all(torch.equal(early[k], full[k]) for k in taps)
+
+
+def test_nets_declare_their_capabilities_and_plugins_ask_for_them():
+    from diffrep.nets.capabilities import capabilities_of, require
+    from diffrep.plugins import CEP, CepOptions
+
+    dit, unet = build_net("DiT-T/4", 16, 1, 10), build_net("UNet-S", 8, 1, 0, self_condition=-1)
+    assert capabilities_of(dit) == {"token_grid", "label_embedding"}
+    assert capabilities_of(unet) == {"self_condition"}
+    with pytest.raises(DiffrepError, match="cep .* needs a net with label embedding: train a class-conditional"):
+        CEP(CepOptions()).setup(unet, None, None, (1, 8, 8))
+    with pytest.raises(DiffrepError, match="needs a net with token grid"):
+        require(unet, "token_grid", "umd", "use a DiT")

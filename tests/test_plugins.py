@@ -313,7 +313,11 @@ def test_context_targets_are_the_neighbouring_patches():
     output = LossOutput(torch.zeros(()), taps={"block6": torch.zeros(2, 16, 8)})
     batch = Batch(x, None, torch.zeros(2), torch.zeros_like(x))
     assert context.loss_terms(batch, output, 0, None)["context"] == 0
-    context.decoder = lambda tokens: torch.zeros(2, 4, 4, len(context.offsets) * 16)     # wrong: every target missed
+    class Blank(torch.nn.Module):                       # wrong: predicts 0 for every neighbour
+        def forward(self, tokens):
+            return torch.zeros(2, 4, 4, len(context.offsets) * 16)
+
+    context.decoder = Blank()
     missed = context.loss_terms(batch, output, 0, None)["context"]
     assert 0.5 < missed < 2, "the loss is the mean squared error of the neighbours' pixels (about 1 for N(0, 1))"
 

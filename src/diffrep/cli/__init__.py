@@ -1,6 +1,6 @@
 """The ``diffrep`` command line: thin modules that parse, validate and call the library, one per command group.
 
-Each module's ``register(sub)`` adds its sub-commands, each with ``set_defaults(run=handler)``;
+Each module's ``register(sub)`` adds its sub-commands, each with ``set_defaults(handler=...)``;
 :mod:`diffrep.cli.common` holds the parent parsers for the options commands share.
 """
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             distributed.init_from_env(getattr(args, "device", "auto"))
-            return args.run(args)
+            return args.handler(args)
         except DiffrepError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -36,7 +36,7 @@ def register(sub) -> None:
                    help="use REF's images even when it holds mu/sigma")
     e.add_argument("--image-size", type=positive_int, help="resize folder images of mixed sizes to this square size")
     e.add_argument("--out", type=Path, help="write the rows (values, params, encoder specs) as JSON")
-    e.set_defaults(run=cmd_eval)
+    e.set_defaults(handler=cmd_eval)
 
     j = sub.add_parser("judge", help="reference-encoder accuracy and FD_ref of samples of the embedded data",
                        formatter_class=FORMATTER,
@@ -45,7 +45,7 @@ def register(sub) -> None:
     j.add_argument("samples", help="an .npz (arr_0 [+ arr_1]) or a folder of images")
     j.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"), help="whose reference encoder and test split")
     j.add_argument("--json", type=Path, help="also write the numbers here")
-    j.set_defaults(run=cmd_judge)
+    j.set_defaults(handler=cmd_judge)
 
 
 def cmd_eval(a) -> int:

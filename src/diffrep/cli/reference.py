@@ -14,7 +14,7 @@ def register(sub) -> None:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--epochs", type=positive_int, default=30)
     r.add_argument("--seed", type=int, default=0)
-    r.set_defaults(run=cmd_reference)
+    r.set_defaults(handler=cmd_reference)
 
 
 def cmd_reference(a) -> int:

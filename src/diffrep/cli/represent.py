@@ -35,7 +35,7 @@ def register(sub) -> None:
                    help="auto (default): a run's net in bf16 where the device computes bf16 natively, else fp32; "
                         "a metric encoder in fp32")
     f.add_argument("--out", type=Path, required=True, help=".npz with 'features' (and 'logits'), plus the spec as JSON")
-    f.set_defaults(run=cmd_features)
+    f.set_defaults(handler=cmd_features)
 
     pr = sub.add_parser("probe", help="linear and k-NN probes of a run's features at (block, t) and of other backbones",
                         formatter_class=FORMATTER, parents=parents(seed=0, precision="net"),
@@ -51,7 +51,7 @@ def register(sub) -> None:
     _add_feature_options(pr, POOLS, "")
     pr.add_argument("--out", type=Path, help="JSON of every (backbone, block, t) row")
     pr.add_argument("--heatmap", type=Path, help="PNG of accuracy over (block, t) (needs matplotlib)")
-    pr.set_defaults(run=cmd_probe)
+    pr.set_defaults(handler=cmd_probe)
 
     c = sub.add_parser("classify", help="zero-shot Diffusion Classifier accuracy of a class-conditional run",
                        formatter_class=FORMATTER,
@@ -72,7 +72,7 @@ def register(sub) -> None:
     c.add_argument("--fit-images", type=positive_int, default=100, help="labelled train images for fitted weights / racing order")
     c.add_argument("--norm", choices=("l2", "l1"), default="l2")
     c.add_argument("--out", type=Path)
-    c.set_defaults(run=cmd_classify)
+    c.set_defaults(handler=cmd_classify)
 
 
 def _add_feature_options(p, pools: tuple, prefix: str) -> None:

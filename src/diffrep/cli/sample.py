@@ -33,7 +33,7 @@ def register(sub) -> None:
     s.add_argument("--grid", type=Path, help="also write a PNG grid of the first 100 samples")
     s.add_argument("--compile", action="store_true",
                    help="torch.compile the net (2× the images/s on a GPU and on this CPU; falls back to eager if it fails)")
-    s.set_defaults(run=cmd_sample)
+    s.set_defaults(handler=cmd_sample)
 
 
 def parse_interval(text: str | None) -> tuple[float, float] | None:

@@ -62,7 +62,7 @@ def register(sub) -> None:
                    "the sections of a run's config.yaml)")
     t.add_argument("--resume", action="store_true", help="continue from the run's last good checkpoint")
     add_config_flags(t)
-    t.set_defaults(run=cmd_train)
+    t.set_defaults(handler=cmd_train)
 
     q = sub.add_parser("quickstart", help="measure the machine, train the preset (or the small plan), sample, judge",
                        formatter_class=FORMATTER, parents=parents(),
@@ -70,21 +70,22 @@ def register(sub) -> None:
                                        "diffrep quickstart --out runs/qs3 --size small --steps 500"))
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     q.add_argument("--size", choices=("auto", "preset", "small"), default="auto",
-                   help="auto (default): time a few steps, run the preset (UNet-S, 800 steps) if it fits about "
-                        "--minutes here, else the small plan (UNet-XS, steps fitted to --minutes)")
-    q.add_argument("--minutes", type=float, default=10.0, help="the wall-time budget --size auto plans for (default 10)")
+                   help="auto (default): time a few steps, run the preset (UNet-S, 800 steps) if it is projected "
+                        "within 1.5 × --minutes here, else the small plan (UNet-XS, steps fitted to --minutes)")
+    q.add_argument("--minutes", type=float, default=13.0,
+                   help="the wall-time budget --size auto plans for (default 13)")
     q.add_argument("--steps", type=positive_int, help="override the plan's step count")
     q.add_argument("--n", type=positive_int, help="samples to judge per set (default: the plan's, 1000 or 500)")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the net (off in the preset: over 800 CPU steps compiling costs more than it saves)")
-    q.set_defaults(run=cmd_quickstart)
+    q.set_defaults(handler=cmd_quickstart)
 
     sub.add_parser("presets", help="list the presets", epilog=examples("diffrep presets"),
-                   formatter_class=FORMATTER).set_defaults(run=cmd_presets)
+                   formatter_class=FORMATTER).set_defaults(handler=cmd_presets)
     sub.add_parser("plugins", help="list the training plug-ins and their options", formatter_class=FORMATTER,
                    epilog=examples("diffrep plugins", "diffrep train --preset dit-tiny --plugin repa:depth=2,weight=0.5 "
-                                   "--out runs/repa")).set_defaults(run=cmd_plugins)
+                                   "--out runs/repa")).set_defaults(handler=cmd_plugins)
 
 
 def cmd_train(a) -> int:

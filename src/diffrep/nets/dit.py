@@ -116,6 +116,8 @@ class DiT(nn.Module):
         self.final_linear = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
         self.self_cond = SelfCondition(hidden_size, hidden_size) if self.self_condition else None
         self.tap_names = tuple(f"block{i}" for i in range(1, depth + 1))
+        self.capabilities = frozenset({"token_grid"} | ({"label_embedding"} if self.y_embedder is not None else set())
+                                      | ({"self_condition"} if self.self_cond is not None else set()))
         self._init_weights()
 
     def _init_weights(self) -> None:

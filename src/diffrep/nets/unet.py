@@ -140,6 +140,8 @@ class UNet(nn.Module):
             raise DiffrepError(f"the U-Net self-conditions from its middle block only: use -1 (or {n_down + 1}), "
                                f"not {self_condition}")
         self.self_cond = SelfCondition(ch_mid, emb_dim) if self_condition else None
+        self.capabilities = frozenset(({"label_embedding"} if self.y_embedder is not None else set())
+                                      | ({"self_condition"} if self.self_cond is not None else set()))
 
     def _block(self, block: Block, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpoint and self.training:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from diffrep.errors import DiffrepError
+from diffrep.nets.capabilities import require
 from diffrep.plugins.base import Plugin, schedule_factor
 from diffrep.rng import BatchDraws
 
@@ -39,8 +40,8 @@ class CEP(Plugin):
         self._step = 0
 
     def setup(self, net, ema, process, image_shape) -> None:
-        if getattr(net, "y_embedder", None) is None:
-            raise DiffrepError("cep perturbs the class embedding: it needs a class-conditional model")
+        require(net, "label_embedding", "cep (it perturbs the class embedding)",
+                "train a class-conditional model (data with labels, without --unconditional)")
         net.y_embedder.register_forward_hook(self._perturb)
 
     def transform_batch(self, batch, step, draws):

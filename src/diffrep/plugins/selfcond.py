@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffrep.errors import DiffrepError
+from diffrep.nets.capabilities import require
 from diffrep.plugins.base import Plugin
 
 @dataclass
@@ -36,6 +37,5 @@ class SelfCond(Plugin):
         return {"self_condition": options.source}
 
     def setup(self, net, ema, process, image_shape) -> None:
-        if getattr(net, "self_cond", None) is None:
-            raise DiffrepError("selfcond: the net was built without self-conditioning; list the plug-in in the "
-                               "run's config (--plugin selfcond) so the trainer builds it in")
+        require(net, "self_condition", "selfcond", "the net was built without it; list the plug-in in the run's "
+                "config (--plugin selfcond) so the trainer builds it in")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from diffrep.errors import DiffrepError
+from diffrep.nets.capabilities import require
 from diffrep.plugins.base import Plugin, schedule_factor
 
 @dataclass
@@ -53,9 +54,8 @@ class UMD(Plugin):
         self._masked: torch.Tensor | None = None
 
     def setup(self, net, ema, process, image_shape) -> None:
-        blocks = getattr(net, "blocks", None)
-        if blocks is None or not hasattr(net, "pos_embed"):
-            raise DiffrepError("umd masks patch tokens: it needs a DiT (--model DiT-…)")
+        require(net, "token_grid", "umd (it masks patch tokens)", "it needs a DiT (--model DiT-…)")
+        blocks = net.blocks
         if not 1 <= self.options.decoder_blocks < len(blocks):
             raise DiffrepError(f"umd: decoder_blocks must be in 1…{len(blocks) - 1}, got {self.options.decoder_blocks}")
         self.process, self.grid, self.patch = process, net.grid, net.patch_size
