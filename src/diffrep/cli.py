@@ -167,10 +167,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=Path("runs/quickstart"))
     q.add_argument("--steps", type=positive_int, help="override the preset's step count")
     q.add_argument("--size", choices=("auto", "preset", "small"), default="auto",
-                   help="auto (default): time a few steps, run the preset (UNet-S, 800 steps) if it fits about "
-                        "--minutes here, else the small plan (UNet-XS, steps fitted to --minutes)")
-    q.add_argument("--minutes", type=float, default=10.0,
-                   help="the wall-time budget --size auto plans for (default 10)")
+                   help="auto (default): time a few steps, run the preset (UNet-S, 800 steps) if it is projected "
+                        "within 1.5 × --minutes here, else the small plan (UNet-XS, steps fitted to --minutes)")
+    q.add_argument("--minutes", type=float, default=13.0,
+                   help="the wall-time budget --size auto plans for (default 13)")
     q.add_argument("--n", type=positive_int, help="samples to judge per set (default: the plan's, 1000 or 500)")
     q.add_argument("--device", default="auto")
     q.add_argument("--resume", action="store_true", help="continue an interrupted quickstart")
