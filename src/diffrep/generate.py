@@ -2,7 +2,8 @@
 
 Chunk ``j`` (images ``j·B … (j+1)·B − 1``) uses a generator seeded by ``(seed, j)``, so
 image ``i`` is the same whatever process draws it and however many processes share
-the work, as long as the chunk size ``B`` is the same.
+the work, as long as the chunk size ``B`` is the same.  :func:`sample_run` samples a run on disk into
+an ADM-layout ``.npz`` (what ``diffrep sample`` does).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from diffrep import distributed
 from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
-from diffrep import distributed
 from diffrep.guidance import ClassifierFreeGuidance, Guidance
 from diffrep.precision import Precision, resolve_precision
 from diffrep.rng import keyed_generator
@@ -50,7 +51,7 @@ def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int,
              space: Space | None = None) -> dict[int, torch.Tensor]:
     """Samples as ``{chunk index: uint8 images}`` for the chunks ``chunks(j)`` selects (all by default).
 
-    ``guidance`` wraps the net's denoiser (e.g. ``cfg_guidance(1.5)``); samples are decoded through
+    ``guidance`` wraps the net's denoiser (e.g. ``cfg_guidance(1.5, labels=labels)``); samples are decoded through
     ``space`` (the pixel space by default).  Sampling runs under ``torch.inference_mode``: no gradient
     is needed here.
     """
