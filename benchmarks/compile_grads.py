@@ -1,7 +1,7 @@
 """Does ``torch.compile`` give the gradients of eager mode?  One row per net × memory layout × Inductor layout pass.
 
 With torch 2.13 on the CPU under bf16 autocast, Inductor's layout optimisation zeroed the gradients
-of every U-Net level below the top one (README → "`--compile` trained only the U-Net's outer
+of every U-Net level below the top one (docs/benchmarks.md → "`--compile` trained only the U-Net's outer
 level"), and channels-last memory did the same with the pass off.  This check runs the same
 comparison on any device: a net of the preset with every weight perturbed (so that the zero-initialised
 output layers pass gradients on), one bf16-autocast forward and backward in eager mode and one

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmarks in one go (the numbers in README → Benchmarks → GPU), most important first:
+# The GPU benchmarks in one go (the numbers in docs/benchmarks.md), most important first:
 # training throughput of DiT-B/2 at batch 256 with each speed option, the smaller presets with and
 # without compile, FID-sampling throughput, then the test suite with CUDA as the default device.
 # Results land in benchmarks/results/*_cuda.json (and in $OUT when set, e.g. on a lent machine).

@@ -23,6 +23,18 @@ def pytest_report_header(config) -> str:
             f"{resolve_precision('auto', 'cpu').describe()}")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``bf16`` must run bf16 kernels: where the CPU emulates bf16 (tens of times slower)
+    they join the ``slow`` run (``python -m pytest -m slow``) instead of the default one."""
+    from diffrep.precision import bf16_support
+
+    if not bf16_support(torch.device("cpu"))[0]:
+        for item in items:
+            if item.get_closest_marker("bf16"):
+                item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def cli(capsys):
     """Run ``diffrep ARGS`` in this process; returns ``(exit code, stdout, stderr)``."""

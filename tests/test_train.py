@@ -289,6 +289,7 @@ def test_deterministic_makes_compiled_cpu_gradients_reproducible():
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
 
 
+@pytest.mark.bf16
 def test_compiled_unet_gets_the_gradients_of_eager_under_bf16():
     """Inductor's layout optimisation (torch 2.13, CPU, bf16 autocast) gave zero gradients to every
     U-Net layer below the top level once a block, an upsampling and a skip concatenation met:
