@@ -56,8 +56,20 @@ def test_token_grids_match_by_interpolation_or_fail_clearly():
         match_token_grid(torch.zeros(1, 6, 3), 16)
 
 
-@pytest.mark.parametrize("spec", ["repa:depth=2", "sra:student_block=2,teacher_block=3", "erw:warmup_steps=0",
-                                  "context", "umd"])
+WITHOUT_TERMS = {"cep": lambda net: list(net.y_embedder.parameters()),      # the perturbed embedding still learns
+                 "selfcond": lambda net: list(net.self_cond.parameters())}
+"""Plug-ins with no loss term or head, and the net parameters each must train."""
+GRADIENT_SPECS = ["repa:depth=2", "sra:student_block=2,teacher_block=3", "erw:warmup_steps=0", "context", "umd",
+                  *WITHOUT_TERMS]
+
+
+def test_every_registered_plugin_has_a_gradient_check():
+    from diffrep.plugins import PLUGINS
+
+    assert {s.split(":")[0] for s in GRADIENT_SPECS} == set(PLUGINS)
+
+
+@pytest.mark.parametrize("spec", GRADIENT_SPECS)
 def test_gradients_reach_the_student_and_head_only(tmp_path, spec):
     model = {"model": "DiT-T/4"} if spec == "umd" else {}
     cfg = make_config(preset("smoke"), {"steps": 1, "plugins": [spec], "precision": "fp32", **model})
@@ -70,10 +82,15 @@ def test_gradients_reach_the_student_and_head_only(tmp_path, spec):
             p.add_(0.01 * torch.randn_like(p))
     loss = trainer.train_step(0)
     assert torch.isfinite(loss)
-    [term] = [v for k, v in trainer.parts.items() if k.startswith(f"{plugin.name}/")]
-    assert torch.isfinite(term) and term != 0
-    head_grads = [p.grad for p in plugin.parameters()]
-    assert head_grads and all(g is not None and g.abs().sum() > 0 for g in head_grads)
+    if spec in WITHOUT_TERMS:       # no loss term, no head: what they train is the net itself
+        assert not [k for k in trainer.parts if k.startswith(f"{plugin.name}/")] and not list(plugin.parameters())
+        trained = WITHOUT_TERMS[spec](trainer.net)
+        assert trained and all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+    else:
+        [term] = [v for k, v in trainer.parts.items() if k.startswith(f"{plugin.name}/")]
+        assert torch.isfinite(term) and term != 0
+        head_grads = [p.grad for p in plugin.parameters()]
+        assert head_grads and all(g is not None and g.abs().sum() > 0 for g in head_grads)
     assert all(p.grad is None for p in trainer.ema.parameters()), "the EMA teacher gets no gradient"
     if plugin.name == "repa":
         encoder = plugin._frozen[0]

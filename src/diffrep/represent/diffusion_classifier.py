@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from diffrep.data import to_model_range
+from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
 from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import Process
@@ -60,16 +60,18 @@ def spread_order(pairs: int) -> torch.Tensor:
 
 
 class PairErrors:
-    """Per-(image, class, pair) denoising errors, computed lazily and cached, in batched forwards."""
+    """Per-(image, class, pair) denoising errors, computed lazily and cached, in batched forwards; ``space``
+    encodes the ``uint8`` images into the net's ``x0`` (the pixel space by default)."""
 
     def __init__(self, net: torch.nn.Module, process: Process, images: torch.Tensor, num_classes: int, *,
-                 pairs: int, seed: int = 0, norm: str = "l2", autocast: bool = True, max_batch: int = 250):
+                 pairs: int, seed: int = 0, norm: str = "l2", autocast: bool = True, max_batch: int = 250,
+                 space: Space | None = None):
         if norm not in NORMS:
             raise DiffrepError(f"unknown error norm {norm!r}: choose one of {', '.join(NORMS)}")
         self.process, self.norm, self.max_batch, self.seed = process, norm, max_batch, seed
         self.device = next(net.parameters()).device
         self.denoiser = process.denoiser(net, autocast)
-        self.x0 = to_model_range(images).to(self.device)
+        self.x0 = (space or PixelSpace()).encode(images).to(self.device)
         self.times = pair_times(process, pairs)
         self.errors = torch.full((len(images), num_classes, pairs), float("nan"))
         self.requested = torch.zeros(self.errors.shape, dtype=torch.bool)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from diffrep.data import to_model_range
+from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
 from diffrep.nets import NULL_LABEL
 from diffrep.processes import Process
@@ -75,18 +75,20 @@ def check_times(process: Process, times: list[float]) -> None:
 def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Tensor, *, blocks: tuple[str, ...],
                        times: list[float], pooling: str = "mean", seed: int = 0, resample: bool = False,
                        noise_draws: int = 1, normalize: bool = False, batch_size: int = 250, autocast: bool = True,
-                       progress: bool = True) -> dict[tuple[str, float], torch.Tensor]:
+                       progress: bool = True, space: Space | None = None) -> dict[tuple[str, float], torch.Tensor]:
     """``{(block, t): N×D float32 features}`` of ``uint8`` images; one forward per (batch, t, draw) taps
-    every block; the pooled features are averaged over the ``noise_draws`` draws of ε."""
+    every block; the pooled features are averaged over the ``noise_draws`` draws of ε.  ``space`` encodes the
+    images into the net's ``x0`` (the pixel space by default)."""
     if noise_draws < 1:
         raise DiffrepError(f"noise_draws must be at least 1, got {noise_draws}")
     check_times(process, times)
+    space = space or PixelSpace()
     device = next(net.parameters()).device
     denoiser = process.denoiser(net, autocast)
     out: dict[tuple[str, float], list[torch.Tensor]] = {(b, t): [] for b in blocks for t in times}
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="features", unit="batch", disable=not progress):
-        x0 = to_model_range(images[start:start + batch_size]).to(device)
+        x0 = space.encode(images[start:start + batch_size]).to(device)
         cond = torch.full((len(x0),), NULL_LABEL, device=device) if getattr(net, "num_classes", 0) else None
         shared = None if resample else [_noise(tuple(x0.shape), seed, start, None, d).to(device) for d in range(noise_draws)]
         for j, t in enumerate(times):
