@@ -42,6 +42,7 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path):
     assert len(logs[0]) == len(logs[1]) == 2
 
 
+@pytest.mark.slow      # 70–105 s (two compiles in two processes): `python -m pytest -m slow`
 def test_compiled_ddp_with_accumulation_trains_the_weights_of_one_eager_process(tmp_path):
     """torch.compile of the DDP-wrapped net, with 2 micro-batches under DDP's no_sync and CEP's hook
     inside the compiled net."""
