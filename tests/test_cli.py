@@ -11,7 +11,14 @@ import torch
 from helpers import SMOKE, run_cli_process
 from diffrep.config import load_run_config
 
-COMMANDS = ["train", "sample", "judge", "quickstart", "presets", "reference"]
+def _commands() -> list[str]:
+    from diffrep.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return list(sub.choices)
+
+
+COMMANDS = _commands()
 
 
 @pytest.mark.parametrize("command", COMMANDS)

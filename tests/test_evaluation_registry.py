@@ -49,6 +49,13 @@ def test_every_metric_tells_a_distribution_from_a_disjoint_one(name):
         assert _value(name, a, a2)["vendi"] > 5 > 1.01 > _value(name, a[:1].repeat(300, 1), a2)["vendi"]
     elif name == "authpct":         # copies of the training set are not authentic; far samples are
         assert _value(name, a, a2, train=a)["authpct"] == 0 and _value(name, far, a2, train=a)["authpct"] == 100
+    elif name in ("psnr", "ssim"):  # image i against truth i: identical pairs are perfect, noise costs fidelity
+        clean = torch.randint(0, 256, (20, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        noisy = (clean.float() + 40 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1)))
+        noisy = noisy.clamp(0, 255).to(torch.uint8)
+        same, worse = (get_metric(name).compute(MetricInputs(None, None, None, None, (g, clean)), {}).values[name]
+                       for g in (clean, noisy))
+        assert (same == float("inf") and 10 < worse < 25) if name == "psnr" else (same == pytest.approx(1) and worse < 0.9)
     elif name == "ct":              # copies sit closer to the training set than fresh test data: C_T ≪ 0
         assert _value(name, a, a2, train=a)["ct"] < -3 < _value(name, torch.randn(300, 8), a2, train=a)["ct"]
     else:
@@ -61,6 +68,14 @@ def test_an_unknown_metric_is_an_error_not_a_fallthrough():
     images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
     with pytest.raises(DiffrepError, match="unknown metric 'wasserstein'"):
         evaluate(EvalSet("a", images), EvalSet("b", images), metric_names=["wasserstein"], encoders=[], progress=False)
+
+
+def test_paired_metrics_need_sets_of_one_size():
+    a, b = torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(5, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(DiffrepError, match="psnr compare image i of a with image i of b"):
+        evaluate(EvalSet("a", a), EvalSet("b", b), metric_names=["psnr"], encoders=[], progress=False)
+    rows = evaluate(EvalSet("a", a), EvalSet("b", a), metric_names=["psnr", "ssim"], encoders=[], progress=False)
+    assert [(r["encoder"], r["metric"]) for r in rows] == [("pixels", "psnr"), ("pixels", "ssim")]
 
 
 def test_needs_are_declared_and_checked():

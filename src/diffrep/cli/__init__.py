@@ -10,11 +10,11 @@ import argparse
 import sys
 import warnings
 
-from diffrep.cli import evaluate, reference, represent, sample, train
+from diffrep.cli import evaluate, reference, represent, restore, sample, train
 from diffrep.cli.common import FORMATTER, examples
 from diffrep.errors import DiffrepError
 
-GROUPS = (train, sample, evaluate, represent, reference)
+GROUPS = (train, sample, restore, evaluate, represent, reference)
 """Command groups, in the order ``diffrep --help`` lists them."""
 
 

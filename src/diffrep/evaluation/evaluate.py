@@ -39,26 +39,32 @@ class EvalSet:
     stats: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def _load_npz(path: Path) -> EvalSet:
+def _load_npz(path: Path, key: str = "arr_0") -> EvalSet:
     arrays = read_npz(path)
-    images = images_from_array(path, arrays["arr_0"], "arr_0") if "arr_0" in arrays else None
+    if key != "arr_0" and key not in arrays:
+        raise DiffrepError(f"{path} has no array {key!r} (found {sorted(arrays)})")
+    images = images_from_array(path, arrays[key], key) if key in arrays else None
     stats = (arrays["mu"], arrays["sigma"]) if {"mu", "sigma"} <= arrays.keys() else None
     if images is None and stats is None:
         raise DiffrepError(f"{path} has neither images 'arr_0' nor statistics 'mu'/'sigma' (found {sorted(arrays)}): "
                            "pass an ADM-layout .npz")
-    return EvalSet(str(path), images, stats)
+    return EvalSet(str(path) if key == "arr_0" else f"{path}:{key}", images, stats if key == "arr_0" else None)
 
 
 def load_eval_set(spec: str, image_size: int | None = None) -> EvalSet:
-    """``mnist5k:test`` | ``digits:train`` | a built-in name (its test split) | an ``.npz`` | a run dir | a folder."""
+    """``mnist5k:test`` | ``digits:train`` | a built-in name (its test split) | an ``.npz`` (``file.npz:KEY`` picks
+    another array, e.g. ``restore.npz:truth``) | a run dir | a folder."""
     name, _, split = spec.partition(":")
     if name in BUILTIN:
         return EvalSet(f"{name}:{split or 'test'}", load_builtin(name, split or "test").images)
-    path = Path(spec)
+    path, key = Path(spec), "arr_0"
+    head, sep, tail = spec.rpartition(":")
+    if sep and head.endswith(".npz"):
+        path, key = Path(head), tail
     if path.suffix == ".npz":
         if not path.is_file():
-            raise DiffrepError(f"{spec} does not exist")
-        return _load_npz(path)
+            raise DiffrepError(f"{path} does not exist")
+        return _load_npz(path, key)
     if (path / "config.yaml").is_file():
         samples = path / "samples.npz"
         if not samples.is_file():
@@ -80,6 +86,10 @@ def _check_metrics(names: list[str], gen: EvalSet, ref: EvalSet, train: EvalSet 
     need_images = sorted(m for m, n in needs.items() if "reference" in n)
     if ref.images is None and need_images:
         raise DiffrepError(f"{ref.name} holds statistics only (mu/sigma): only fd can use it, not {', '.join(need_images)}")
+    paired = [m for m, n in needs.items() if "pairs" in n]
+    if paired and (ref.images is None or ref.images.shape != gen.images.shape):
+        raise DiffrepError(f"{', '.join(paired)} compare image i of {gen.name} with image i of {ref.name}: pass two sets "
+                           "of the same size and order, e.g. restore.npz restore.npz:truth")
     missing_train = [m for m, n in needs.items() if "train" in n]
     if missing_train and train is None:
         raise DiffrepError(f"{', '.join(missing_train)} compare samples with the training set: pass --train "
@@ -107,8 +117,9 @@ def evaluate(gen: EvalSet, ref: EvalSet, *, metric_names: list[str], encoders: l
     _check_metrics(metric_names, gen, ref, train)
     opts = {"reference_sqrtm": reference_sqrtm, "ref_stats": ref_stats, "k_pr": k_pr, "k_dc": k_dc,
             "kid_subset_size": kid_subset_size}
-    rows = []
-    for encoder in encoders:
+    rows = [_paired_row(name, gen, ref) for name in metric_names if get_metric(name).kind == "restoration"]
+    metric_names = [name for name in metric_names if get_metric(name).kind != "restoration"]
+    for encoder in encoders if metric_names else []:
         if ref.images is None and encoder.spec.name != "inception":
             raise DiffrepError(f"{ref.name} holds only Inception statistics (mu/sigma): evaluate it with --encoders "
                                "inception, or pass reference images")
@@ -140,6 +151,15 @@ def evaluate(gen: EvalSet, ref: EvalSet, *, metric_names: list[str], encoders: l
                          "encoder_spec": encoder.spec.as_dict(), "seconds": round(time.perf_counter() - start, 3),
                          "warnings": [str(w.message) for w in caught]})
     return rows if distributed.current().is_main else None
+
+
+def _paired_row(metric: str, gen: EvalSet, ref: EvalSet) -> dict:
+    """A restoration metric's row: computed on the images themselves, by no encoder."""
+    start = time.perf_counter()
+    result = get_metric(metric).compute(MetricInputs(None, None, None, None, (gen.images, ref.images)), {})
+    return {"encoder": "pixels", "metric": metric, "values": result.values,
+            "params": {**result.params, "gen": gen.name, "ref": ref.name}, "encoder_spec": None,
+            "seconds": round(time.perf_counter() - start, 3), "warnings": []}
 
 
 def load_encoders(names: list[str], weights: dict[str, str] | None = None,

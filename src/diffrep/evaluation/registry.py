@@ -1,7 +1,8 @@
 """The metric registry: each metric declares what it needs and how it is computed from encoded sets.
 
-Kinds: ``distribution`` metrics compare sets of features (FD, KID, PRDC, …); restoration and
-forecast metrics join under their own kinds.  An unknown metric is an error, never a fall-through.
+Kinds: ``distribution`` metrics compare sets of features (FD, KID, PRDC, …); ``restoration`` metrics
+compare images pair by pair (restoration i with truth i: PSNR, SSIM) and need no encoder.  An unknown
+metric is an error, never a fall-through.
 """
 
 from __future__ import annotations
@@ -12,23 +13,27 @@ from typing import Callable
 import numpy as np
 
 from diffrep.errors import DiffrepError
-from diffrep.evaluation import metrics
+import torch
+
+from diffrep.evaluation import metrics, restoration
 from diffrep.evaluation.encoders import Encoded
 
-NEEDS = ("reference", "reference_or_stats", "train", "logits")
+NEEDS = ("reference", "reference_or_stats", "train", "logits", "pairs")
 """What a metric may need: reference images' features, reference features or ADM statistics (mu, sigma),
-training images' features, the encoder's class logits."""
+training images' features, the encoder's class logits, or generated and reference images in pairs."""
 
 
 @dataclass
 class MetricInputs:
     """Encoded sets for one encoder: generated, reference (``None`` for statistics only), training; and the
-    reference's ADM statistics when FD should use them (Inception only)."""
+    reference's ADM statistics when FD should use them (Inception only).  Restoration metrics read the
+    images themselves: ``pairs`` holds ``(generated, reference)`` ``uint8`` images in matching order."""
 
-    gen: Encoded
+    gen: Encoded | None
     ref: Encoded | None
     train: Encoded | None
     ref_stats: tuple[np.ndarray, np.ndarray] | None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,14 @@ def _fd(x: MetricInputs, o: dict) -> metrics.MetricResult:
     if x.ref_stats is not None:
         return metrics.fd_from_stats(x.gen.features, *x.ref_stats)
     return metrics.fd(x.gen.features, x.ref.features, reference_sqrtm=o["reference_sqrtm"])
+
+
+def _paired(name: str, per_image: Callable) -> Callable[[MetricInputs, dict], metrics.MetricResult]:
+    def compute(x: MetricInputs, o: dict) -> metrics.MetricResult:
+        values = per_image(*x.pairs)
+        return metrics.MetricResult({name: float(values.mean()), f"{name}_std": float(values.std())},
+                                    {"n": len(values), "data_range": "uint8 scaled to [0, 1]"})
+    return compute
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -71,6 +84,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("swd", "distribution", frozenset({"reference"}),
            lambda x, o: metrics.sliced_wasserstein(x.gen.features, x.ref.features),
            "sliced Wasserstein distance"),
+    Metric("psnr", "restoration", frozenset({"pairs"}), _paired("psnr", restoration.psnr),
+           "peak signal-to-noise ratio (dB) of image i against reference image i"),
+    Metric("ssim", "restoration", frozenset({"pairs"}), _paired("ssim", restoration.ssim),
+           "structural similarity (Wang et al. 2004) of image i against reference image i"),
 )}
 
 

@@ -1,0 +1,59 @@
+"""Ablations behind the restoration table: RED-diff's step size and weight, DPS's step count, DAPS's last noise
+level, and K posterior draws against a single one on box inpainting.
+
+    python benchmarks/restore_ablation.py --run runs/qs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import RESULTS, machine  # noqa: E402
+
+from diffrep.inverse import restore_run  # noqa: E402
+
+ARMS = [  # (question, task, task options, solver, solver options, n, K)
+    ("reddiff: defaults", "inpaint-box", {}, "reddiff", {}, 50, 1),
+    ("reddiff: lr 0.5 (its README)", "inpaint-box", {}, "reddiff", {"lr": "0.5"}, 50, 1),
+    ("reddiff: λ 1.0", "inpaint-box", {}, "reddiff", {"lam": "1.0"}, 50, 1),
+    ("reddiff: λ 0.05", "inpaint-box", {}, "reddiff", {"lam": "0.05"}, 50, 1),
+    ("reddiff: 200 steps", "inpaint-box", {}, "reddiff", {"steps": "200"}, 50, 1),
+    ("daps: σ_min 0.1 (the paper)", "inpaint-box", {}, "daps", {"s_min": "0.1"}, 50, 1),
+    ("daps: σ_min 0.01 (diffrep)", "inpaint-box", {}, "daps", {}, 50, 1),
+    ("dps: 8 draws, box", "inpaint-box", {}, "dps", {}, 25, 8),
+    ("reddiff: 8 draws, box", "inpaint-box", {}, "reddiff", {}, 25, 8),
+    ("dps: 250 steps, ζ' 1.0 (diffrep)", "sr4", {}, "dps", {}, 25, 1),
+    ("dps: 1000 steps, ζ' 0.3 (the paper's SR)", "sr4", {}, "dps", {"steps": "1000", "zeta": "0.3"}, 25, 1),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--name", default="restore-ablation")
+    a = p.parse_args()
+    rows = []
+    for question, task, task_opts, solver, solver_opts, n, k in ARMS:
+        m = restore_run(a.run, task, solver, n=n, samples=k, task_opts=task_opts, solver_opts=solver_opts, progress=False)
+        rows.append({"arm": question, "task": task, "solver": solver, "options": solver_opts, "n": n, "samples": k,
+                     **{key: m.get(key) for key in ("psnr", "ssim", "psnr_posterior_mean", "accuracy", "fd_ref", "nfe",
+                                                    "seconds_per_image")}})
+        r = rows[-1]
+        mean = f"{r['psnr_posterior_mean']:.2f}" if r["psnr_posterior_mean"] else "—"
+        print(f"{question:42s} {task:12s} PSNR {r['psnr']:6.2f} (mean of draws {mean:>6s}) SSIM {r['ssim']:.3f} "
+              f"acc {100 * r['accuracy']:5.1f} FD_ref {r['fd_ref']:6.2f} {r['seconds_per_image']:.3f} s/img", flush=True)
+    from diffrep.io import atomic_write
+
+    with atomic_write(RESULTS / f"{a.name}.json", "w") as f:
+        json.dump({"machine": machine(), "command": "python benchmarks/restore_ablation.py " + " ".join(sys.argv[1:]),
+                   "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
