@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import RESULTS, write_result  # noqa: E402
 
 from diffrep.data import save_grid  # noqa: E402
 from diffrep.inverse import restore_run  # noqa: E402
@@ -194,11 +194,11 @@ def main() -> None:
                                 out=scratch / f"{name}-{task}-{solver}.npz", overwrite=True)
                 rows.append(row(name, task, solver, m))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-                _write(out_json, rows, commands, {"npz_dir": str(scratch)})
+                _write(a.name, rows, commands, {"npz_dir": str(scratch)})
     extra = {**extra_earlier, **({"dps_batch_dependence": dps_batch_dependence(Path(a.run[0].partition("=")[2]), a.n,
                                                                               a.dps_batch_check)}
                                  if a.dps_batch_check else {})}
-    result = _write(out_json, rows, commands, extra)
+    result = _write(a.name, rows, commands, extra)
     first = rows[0]["run"]
     ran = [r for r in rows if r["run"] == first]
     images, columns = panel(scratch, first, list(dict.fromkeys(r["task"] for r in ran)),
@@ -211,16 +211,12 @@ def main() -> None:
         print(json.dumps(extra, indent=1))
 
 
-def _write(path: Path, rows: list[dict], commands: list[str], extra: dict) -> dict:
-    from diffrep.io import atomic_write
-
+def _write(name: str, rows: list[dict], commands: list[str], extra: dict) -> dict:
     command = "python benchmarks/restore.py " + " ".join(sys.argv[1:])
-    result = {"machine": machine(), "command": command, "commands": commands + [command],
-              "torch": torch.__version__, "rows": rows, "checks": checks(rows), **extra}
-    with atomic_write(path, "w") as f:
-        json.dump(result, f, indent=1)
+    result = {"command": command, "commands": commands + [command], "torch": torch.__version__, "rows": rows,
+              "checks": checks(rows), **extra}
+    write_result(name, result)
     return result
-
 
 if __name__ == "__main__":
     main()

@@ -7,14 +7,13 @@ level, and K posterior draws against a single one on box inpainting.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import write_result  # noqa: E402
 
 from diffrep.inverse import restore_run  # noqa: E402
 
@@ -48,12 +47,8 @@ def main() -> None:
         mean = f"{r['psnr_posterior_mean']:.2f}" if r["psnr_posterior_mean"] else "—"
         print(f"{question:42s} {task:12s} PSNR {r['psnr']:6.2f} (mean of draws {mean:>6s}) SSIM {r['ssim']:.3f} "
               f"acc {100 * r['accuracy']:5.1f} FD_ref {r['fd_ref']:6.2f} {r['seconds_per_image']:.3f} s/img", flush=True)
-    from diffrep.io import atomic_write
-
-    with atomic_write(RESULTS / f"{a.name}.json", "w") as f:
-        json.dump({"machine": machine(), "command": "python benchmarks/restore_ablation.py " + " ".join(sys.argv[1:]),
-                   "torch": torch.__version__, "rows": rows}, f, indent=1)
-
+    write_result(a.name, {"command": "python benchmarks/restore_ablation.py " + " ".join(sys.argv[1:]),
+                          "torch": torch.__version__, "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -10,14 +10,13 @@ processes and architectures.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, machine  # noqa: E402
+from _common import RESULTS, write_result  # noqa: E402
 
 from diffrep.inverse.translate import translate_run  # noqa: E402
 
@@ -51,12 +50,8 @@ def main() -> None:
               f"{100 * m.get('target_class_accuracy', float('nan')):5.1f}%  source class kept "
               f"{100 * m['source_class_kept']:5.1f}%  FD_ref {m['fd_ref']:6.2f}  SSIM to source {m['ssim_to_source']:.3f}  "
               f"round trip PSNR {m['reconstruction_psnr']:.1f} dB", flush=True)
-    from diffrep.io import atomic_write
-
-    with atomic_write(RESULTS / f"{a.name}.json", "w") as f:
-        json.dump({"machine": machine(), "command": "python benchmarks/translate.py " + " ".join(sys.argv[1:]),
-                   "torch": torch.__version__, "rows": rows}, f, indent=1)
-
+    write_result(a.name, {"command": "python benchmarks/translate.py " + " ".join(sys.argv[1:]),
+                          "torch": torch.__version__, "rows": rows})
 
 if __name__ == "__main__":
     main()

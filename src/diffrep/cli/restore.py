@@ -81,9 +81,9 @@ def key_values(pairs: list[str], flag: str) -> dict[str, str]:
 
 def cmd_restore(a: argparse.Namespace) -> int:
     from diffrep.inverse import restore_run
+    from diffrep.inverse.run import refuse_existing
 
-    if a.json is not None and a.json.exists() and not a.overwrite:
-        raise DiffrepError(f"{a.json} exists: pass --overwrite to replace it, or choose another path")
+    refuse_existing(a.json, overwrite=a.overwrite)
     m = restore_run(a.run, a.task, a.solver, data=a.data, n=a.n, samples=a.samples,
                     task_opts=key_values(a.task_opt, "--task-opt"), solver_opts=key_values(a.solver_opt, "--solver-opt"),
                     sigma_y=a.sigma_y, labels=a.labels, seed=a.seed, batch_size=a.batch_size, weights=a.weights,

@@ -21,6 +21,13 @@ from diffrep.precision import Precision, resolve_precision
 LABEL_MODES = ("none", "true")
 
 
+def refuse_existing(*paths: Path | None, overwrite: bool) -> None:
+    """A one-line error for an output that exists, unless ``overwrite``."""
+    for path in paths:
+        if path is not None and Path(path).exists() and not overwrite:
+            raise DiffrepError(f"{path} exists: pass --overwrite to replace it, or choose another path")
+
+
 def load_inputs(spec: str, n: int):
     """``n`` class-balanced images of ``spec`` (``mnist5k:test``, an ``.npz``, a folder; the first ``n`` when unlabelled)."""
     name, _, split = spec.partition(":")
@@ -78,9 +85,7 @@ def restore_run(run: Path, task: str, solver_name: str, *, data: str = "mnist5k:
 
     if n < 1 or samples < 1:
         raise DiffrepError(f"--n and --samples must be at least 1, got {n} and {samples}")
-    for path in (out, grid):
-        if path is not None and Path(path).exists() and not overwrite:
-            raise DiffrepError(f"{path} exists: pass --overwrite to replace it, or choose another path")
+    refuse_existing(out, grid, overwrite=overwrite)
     if sigma_y < 0:
         raise DiffrepError(f"--sigma-y {sigma_y}: the measurement noise must be non-negative")
     opts = task_options(task, task_opts or {})

@@ -89,14 +89,12 @@ def translate_run(source_run: Path, target_run: Path, *, data: str = "mnist5k:te
     """Translate ``n`` images of ``data`` from the source run to the target run; returns the metrics."""
     from diffrep.data import save_grid, to_model_range, to_uint8
     from diffrep.evaluation import restoration
-    from diffrep.inverse.run import fd_ref_to_test, load_inputs, reference_judge
+    from diffrep.inverse.run import fd_ref_to_test, load_inputs, reference_judge, refuse_existing
     from diffrep.io import save_npz
     from diffrep.rng import keyed_generator
     from diffrep.runs import check_images_fit_run, load_run
 
-    for path in (out, grid):
-        if path is not None and Path(path).exists() and not overwrite:
-            raise DiffrepError(f"{path} exists: pass --overwrite to replace it, or choose another path")
+    refuse_existing(out, grid, overwrite=overwrite)
     if steps < 2 or s_start <= 0:
         raise DiffrepError(f"--steps {steps} / --s-start {s_start}: need at least 2 steps and a positive start level")
     inputs, builtin = load_inputs(data, n)
