@@ -182,6 +182,7 @@ def main() -> None:
         extra_earlier = {k: earlier[k] for k in ("dps_batch_dependence", "npz_dir") if k in earlier}
     scratch = Path(extra_earlier.get("npz_dir") or tempfile.mkdtemp(prefix="restore-bench-"))
     extra_earlier["npz_dir"] = str(scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
 
     for spec in a.run:
         name, _, path = spec.partition("=")
@@ -201,9 +202,12 @@ def main() -> None:
     result = _write(a.name, rows, commands, extra)
     first = rows[0]["run"]
     ran = [r for r in rows if r["run"] == first]
-    images, columns = panel(scratch, first, list(dict.fromkeys(r["task"] for r in ran)),
-                            list(dict.fromkeys(r["solver"] for r in ran)))
-    save_grid(images, RESULTS / f"{a.name}.png", nrow=columns)
+    if all((scratch / f"{first}-{r['task']}-{r['solver']}.npz").is_file() for r in ran):
+        images, columns = panel(scratch, first, list(dict.fromkeys(r["task"] for r in ran)),
+                                list(dict.fromkeys(r["solver"] for r in ran)))
+        save_grid(images, RESULTS / f"{a.name}.png", nrow=columns)
+    else:
+        print(f"panel not redrawn: the earlier rows' draws are no longer in {scratch}")
     print(table(rows))
     for name, c in result["checks"].items():
         print(f"{'PASS' if c['ok'] else 'MISS'} {name}: {json.dumps({k: v for k, v in c.items() if k != 'ok'})}")

@@ -192,3 +192,22 @@ def test_labels_for_an_unconditional_run_are_refused():
     assert make_labels("balanced", 4, num_classes=0) is None
     with pytest.raises(DiffrepError, match="unconditional"):
         make_labels("3", 4, num_classes=0)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cfg", "nan"], "--cfg: expected a finite number, got 'nan'"),
+    (["--cfg", "inf"], "--cfg: expected a finite number, got 'inf'"),
+    (["--grid-rho", "-1"], "--grid-rho: must be positive, got '-1'"),
+])
+def test_sample_refuses_numbers_outside_their_domain_before_any_work(cli, tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli("sample", tmp_path / "no-run", "--out", tmp_path / "s.npz", *args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    code, _, err = cli("sample", tmp_path / "no-run", "--out", tmp_path / "s.npz", "--cfg-interval", "nan,1")
+    assert code == 2 and "not nan" in err and not (tmp_path / "s.npz").exists()
+
+
+def test_sample_warns_on_a_legal_but_saturating_guidance_scale(cli, tmp_path):
+    code, _, err = cli("sample", tmp_path / "no-run", "--out", tmp_path / "s.npz", "--cfg", "50")
+    assert "warning: --cfg 50.0: guidance scales above 20" in err
+    assert code == 2 and "no-run" in err.splitlines()[-1]      # then the missing run: one line, no traceback

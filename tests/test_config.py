@@ -80,3 +80,21 @@ def test_every_config_field_has_a_train_flag_with_its_metadata(cli, capsys):
     with pytest.raises(SystemExit):
         cli("train", "--out", "x", "--steps", "0")
     assert "must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,value", [("lr", -1.0), ("lr", float("nan")), ("beta2", 2.0), ("ema_decay", -1.0),
+                                        ("ema_decay", 1.5), ("grad_clip", -1.0), ("weight_decay", float("inf")),
+                                        ("label_dropout", 1.0)])
+def test_float_options_outside_their_domain_are_refused(name, value):
+    from diffrep.errors import DiffrepError
+
+    with pytest.raises(DiffrepError, match=f"--{name.replace('_', '-')} must be"):
+        make_config({name: value})
+
+
+def test_legal_but_suspicious_values_are_named():
+    cfg = make_config({"steps": 10, "warmup": 10, "batch_size": 64})
+    found = cfg.suspicious(dataset_size=50, labels_used=2, num_classes=100001)
+    assert [m.split(" ")[0] for m in found] == ["--warmup", "--batch-size", "the"], found
+    assert "100001 class embeddings" in found[2]
+    assert make_config({}).suspicious(dataset_size=4000, labels_used=10, num_classes=10) == []

@@ -69,3 +69,20 @@ def test_wrong_weights_file_is_refused(tmp_path):
     save_file({"head.weight": torch.zeros(10, 128), "body.0.0.weight": torch.zeros(32, 1, 3, 3)}, tmp_path / "w.safetensors")
     with pytest.raises(DiffrepError, match="missing keys"):
         load_reference(path=tmp_path / "w.safetensors")
+
+
+def test_the_reference_encoder_is_the_one_of_the_reference_data():
+    from diffrep.cli.evaluate import default_encoder
+    from diffrep.data import load_builtin
+    from diffrep.errors import DiffrepError
+    from diffrep.evaluation import extract_features, get_encoder
+
+    digits = load_builtin("digits", "test")
+    accuracy = {}
+    for data in ("digits:test", "mnist5k:test", None):
+        encoded = extract_features(get_encoder("reference", data=data), digits.images, progress=False)
+        accuracy[data] = float((encoded.logits.argmax(1) == digits.labels).float().mean())
+    assert accuracy["digits:test"] > 0.95 > 0.5 > accuracy["mnist5k:test"] == accuracy[None], accuracy
+    with pytest.raises(DiffrepError, match="not on samples.npz: use encoders that fit any images \\(inception"):
+        get_encoder("reference", data="samples.npz")
+    assert default_encoder("digits:test") == "reference" and default_encoder("my-photos/") == "inception"

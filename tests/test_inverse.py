@@ -129,7 +129,8 @@ def test_solvers_sample_the_exact_gaussian_posterior_for_every_process(name):
     results = []
     for process in ("flow", "vp", "edm"):
         prior = Prior(GaussianDenoiser(make_process(process)))
-        options = {"s_max": "80"} if name == "daps" else {}    # EDM's σ stops at 80, DAPS's default starts at 100
+        # EDM's σ stops at 80, DAPS's default starts at 100; N(0, I) data leave ΠGDM's [-1, 1] clip
+        options = {"daps": {"s_max": "80"}, "pigdm": {"clip": "0"}}.get(name, {})
         x = get_solver(name, options).solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
         z = (x - mean) / std
         (lo_s, hi_s), (lo_u, hi_u) = POSTERIOR_Z_STD[name]
@@ -139,6 +140,30 @@ def test_solvers_sample_the_exact_gaussian_posterior_for_every_process(name):
     # one noise-level grid in s = σ/α serves every process: the same numbers up to float rounding
     torch.testing.assert_close(results[0], results[1], atol=2e-3, rtol=0)
     torch.testing.assert_close(results[0], results[2], atol=2e-3, rtol=0)
+
+
+class EpsErrorDenoiser(GaussianDenoiser):
+    """Data ``N(0, 0.3²I)`` (inside [-1, 1]) seen through an ε-net with the error ``ε̂ = ε − 0.3·x_t``: its
+    x̂0 follows x with slope 0.3·σ instead of ≈ 0 at high noise, as the trained VP ε-net's does (≈ 0.3 at s = 80)."""
+
+    def __call__(self, x, t, cond=None, taps=()):
+        t64 = torch.tensor([float(t)], dtype=torch.float64)
+        a, s = float(self.process.alpha(t64)), float(self.process.sigma(t64))
+        x0 = (x / a) * 0.09 / (0.09 + (s / a) ** 2)
+        eps = (x - a * x0) / s - 0.3 * x
+        return Prediction((x - s * eps) / a, eps)
+
+
+def test_pigdm_clips_its_estimate_so_an_eps_nets_jacobian_error_cannot_blow_up():
+    op, *_ = _gaussian_problem()
+    truth = 0.3 * torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = op(truth) + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(3))
+    prior = Prior(EpsErrorDenoiser(make_process("vp")))
+    unclipped = get_solver("pigdm", {"clip": "0"}).solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
+    clipped = get_solver("pigdm").solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
+    assert not torch.isfinite(unclipped).all() or unclipped.abs().max() > 1e3      # the failure the clip prevents
+    seen = op.mask.expand_as(truth) > 0
+    assert clipped.abs().max() <= 1.0 + 0.02 and (clipped - truth)[seen].std() < 0.1
 
 
 def test_dps_batch_norm_couples_images_and_the_per_sample_norm_does_not():
@@ -250,6 +275,18 @@ def test_dpm_encoder_code_decodes_back_to_the_image_and_translates(tiny_runs, cl
     code, out, err = cli("translate", tiny_runs / "flow", tiny_runs / "edm", "--data", "digits:test", "--n", "4",
                          "--steps", "3", "--target-labels", "11", "--no-progress")
     assert code == 2 and "class index 0…9" in err
+
+
+def test_translation_from_other_data_is_judged_on_the_target_runs_data(tiny_runs, tmp_path):
+    from diffrep.data import load_builtin
+    from diffrep.inverse.translate import translate_run
+
+    test = load_builtin("digits", "test")
+    np.savez(tmp_path / "other.npz", arr_0=test.images.permute(0, 2, 3, 1).numpy())   # unlabelled, not built in
+    m = translate_run(tiny_runs / "flow", tiny_runs / "vp", data=str(tmp_path / "other.npz"), n=6,
+                      source_labels="none", target_labels="3", s_start=5.0, steps=4, progress=False)
+    assert m["judged_on"] == "digits" and m["fd_ref"] > 0 and 0 <= m["target_class_accuracy"] <= 1
+    assert "source_class_kept" not in m
 
 
 def test_translation_labels():

@@ -175,6 +175,39 @@ def test_resume_errors(cli, tmp_path):
     assert code == 2 and "already holds a run" in err
 
 
+def test_run_folders_a_foreign_folder_a_file_and_a_run_that_died_before_its_first_checkpoint(cli, tmp_path):
+    import shutil
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "model.json").write_text("my own file")
+    code, _, err = cli("train", *SMOKE, "--out", foreign)
+    assert code == 2 and "not empty and holds no diffrep run" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in foreign.iterdir()) == ["model.json"] and (foreign / "model.json").read_text() == "my own file"
+    (tmp_path / "file").write_text("x")
+    code, _, err = cli("train", *SMOKE, "--out", tmp_path / "file")
+    assert code == 2 and "is a file" in err and (tmp_path / "file").read_text() == "x"
+    died = tmp_path / "died"
+    assert cli("train", *SMOKE, "--steps", 4, "--out", died)[0] == 0
+    for again in ([], ["--resume"]):          # only start-up files left: a restart and a --resume both start over
+        shutil.rmtree(died / "checkpoints")
+        with open(died / "metrics.jsonl", "a") as f:
+            f.write('{"step": 3, "lo')          # a torn last line, as a full disk leaves
+        code, _, err = cli("train", *SMOKE, "--steps", 4, *again, "--out", died)
+        assert code == 0 and "stopped before its first checkpoint: starting it over" in err, err
+        assert latest_checkpoint(died).step == 4
+        assert [json.loads(ln)["step"] for ln in (died / "metrics.jsonl").read_text().splitlines()] == [4]
+
+
+def test_a_torn_last_log_line_does_not_block_a_resume(cli, tmp_path):
+    assert cli("train", *SMOKE, "--steps", 10, "--out", tmp_path)[0] == 0
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11, "lo')
+    code, _, err = cli("train", *SMOKE, "--steps", 20, "--resume", "--out", tmp_path)
+    assert code == 0, err
+    assert all(json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines())
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     cfg = dict(preset("smoke"), steps=3, ckpt_every=3, precision="fp32")
     Trainer(make_config(cfg), tmp_path / "full", progress=False).run()

@@ -26,7 +26,8 @@ def register(sub) -> None:
     e.add_argument("gen", help="generated images")
     e.add_argument("ref", help="reference images (or ADM statistics)")
     e.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma list of {', '.join(METRICS)}")
-    e.add_argument("--encoders", default="reference", help=f"comma list of {', '.join(ENCODERS)}")
+    e.add_argument("--encoders", help=f"comma list of {', '.join(ENCODERS)} (default: reference for a built-in "
+                   "REF, whose own reference encoder is used; inception for other data)")
     e.add_argument("--train", help="training images, for authpct and ct (e.g. mnist5k:train)")
     e.add_argument("--k", type=positive_int, default=3, help="neighbours for precision/recall (default 3)")
     e.add_argument("--k-dc", type=positive_int, default=5, help="neighbours for density/coverage (default 5)")
@@ -55,8 +56,8 @@ def cmd_eval(a) -> int:
     from diffrep.evaluation import evaluate, format_table, load_encoders, load_eval_set
 
     names = [m.strip() for m in a.metrics.split(",") if m.strip()]
-    encoder_names = [e.strip() for e in a.encoders.split(",") if e.strip()]
-    encoders = load_encoders(encoder_names, encoder_weights(a.encoder_weights, encoder_names), a.resize)
+    encoder_names = [e.strip() for e in (a.encoders or default_encoder(a.ref)).split(",") if e.strip()]
+    encoders = load_encoders(encoder_names, encoder_weights(a.encoder_weights, encoder_names), a.resize, data=a.ref)
     gen, ref = load_eval_set(a.gen, a.image_size), load_eval_set(a.ref, a.image_size)
     train = load_eval_set(a.train, a.image_size) if a.train else None
     precision = encoder_precision(a)
@@ -72,6 +73,13 @@ def cmd_eval(a) -> int:
                            "torch": torch.__version__, "rows": rows})
         print(f"→ {a.out}")
     return 0
+
+
+def default_encoder(ref: str) -> str:
+    """``reference`` when REF is a built-in split (its own reference encoder), else ``inception`` (any images)."""
+    from diffrep.data import BUILTIN
+
+    return "reference" if ref.partition(":")[0] in BUILTIN else "inception"
 
 
 def judge_table(rows: list[tuple[str, dict]]) -> str:

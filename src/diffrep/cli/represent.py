@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from diffrep.cli.common import (FORMATTER, device_name, encoder_precision, encoder_weights, examples, feature_cache,
-                                floats, parents, positive_int, startup, write_json)
+                                floats, parents, positive_float, positive_int, startup, write_json)
 from diffrep.errors import DiffrepError
 
 
@@ -67,7 +67,7 @@ def register(sub) -> None:
     c.add_argument("--pairs", type=positive_int, default=32, help="(t, ε) pairs per image on an even t grid")
     c.add_argument("--schedule", choices=SCHEDULES, default="exhaustive")
     c.add_argument("--rounds", help="adaptive: pairs:keep,… e.g. 8:5,32:1 (default pairs/10:classes/2,pairs:1)")
-    c.add_argument("--z", type=float, default=3.0, help="racing: drop a class z standard errors behind the best")
+    c.add_argument("--z", type=positive_float, default=3.0, help="racing: drop a class z standard errors behind the best")
     c.add_argument("--time-weights", choices=("uniform", "fitted"), default="uniform")
     c.add_argument("--fit-images", type=positive_int, default=100, help="labelled train images for fitted weights / racing order")
     c.add_argument("--norm", choices=("l2", "l1"), default="l2")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, examples, parents, positive_int, startup, write_json
+from diffrep.cli.common import FORMATTER, examples, finite_float, parents, positive_float, positive_int, startup, write_json
 from diffrep.errors import DiffrepError
 
 
@@ -35,7 +35,7 @@ def register(sub) -> None:
     r.add_argument("--data", default="mnist5k:test", help="images to measure: a built-in split, an .npz or a folder")
     r.add_argument("--n", type=positive_int, default=100, help="inputs, class-balanced where labelled (default 100)")
     r.add_argument("--samples", type=positive_int, default=1, help="posterior draws per input, K (coverage needs ≥ 2)")
-    r.add_argument("--sigma-y", type=float, default=0.05, help="measurement noise σ_y in [-1, 1] units (default 0.05)")
+    r.add_argument("--sigma-y", type=finite_float, default=0.05, help="measurement noise σ_y in [-1, 1] units (default 0.05)")
     r.add_argument("--labels", default="none", choices=("none", "true"),
                    help="condition the prior on nothing (default) or on the true classes")
     r.add_argument("--weights", choices=("ema", "model"), default="ema")
@@ -59,7 +59,7 @@ def register(sub) -> None:
     t.add_argument("--n", type=positive_int, default=100)
     t.add_argument("--source-labels", default="true", help="the source run's condition (default true)")
     t.add_argument("--target-labels", default="none", help="the target run's condition (default none)")
-    t.add_argument("--s-start", type=float, default=80.0,
+    t.add_argument("--s-start", type=positive_float, default=80.0,
                    help="noise level σ/α the code starts at (default 80; lower keeps more of the source)")
     t.add_argument("--steps", type=positive_int, default=50, help="ancestral steps (default 50)")
     t.add_argument("--out", type=Path, help=".npz: arr_0 translations, source images, metrics")

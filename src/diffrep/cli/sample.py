@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import warnings
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, examples, parents, positive_int, startup
+from diffrep.cli.common import FORMATTER, examples, finite_float, parents, positive_float, positive_int, startup
 from diffrep.errors import DiffrepError
+
+
+CFG_SUSPICIOUS = 20.0
+"""A ``--cfg`` beyond this warns: legal, but no published sampler guides that hard."""
 
 
 def register(sub) -> None:
@@ -23,9 +29,9 @@ def register(sub) -> None:
                    help="number of images (spell it --num-samples under torchrun, whose own options --n would abbreviate)")
     s.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
     s.add_argument("--steps", type=positive_int, default=50, help="grid intervals (Heun uses 2·steps−1 net calls)")
-    s.add_argument("--grid-rho", type=float, help="time grid t_i = t_max·(1 − i/steps)^ρ (edm: its σ grid's ρ); "
+    s.add_argument("--grid-rho", type=positive_float, help="time grid t_i = t_max·(1 − i/steps)^ρ (edm: its σ grid's ρ); "
                    "default: the process's (1 for flow and vp, 7 for edm)")
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1: off)")
+    s.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1: off)")
     s.add_argument("--cfg-interval", help="lo,hi: guide only for t (σ for edm) in [lo, hi]")
     s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
@@ -44,6 +50,8 @@ def parse_interval(text: str | None) -> tuple[float, float] | None:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
         raise DiffrepError(f"--cfg-interval {text!r}: expected two numbers lo,hi such as 0.1,0.9") from None
+    if math.isnan(lo) or math.isnan(hi):
+        raise DiffrepError(f"--cfg-interval {text!r}: expected two numbers lo,hi such as 0.1,0.9, not nan")
     if lo > hi:
         raise DiffrepError(f"--cfg-interval {text!r}: lo must not exceed hi")
     return lo, hi
@@ -53,6 +61,9 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from diffrep import distributed
     from diffrep.generate import sample_run
 
+    if abs(a.cfg) > CFG_SUSPICIOUS:
+        warnings.warn(f"--cfg {a.cfg}: guidance scales above {CFG_SUSPICIOUS} saturate the images (1.5–4 is usual)",
+                      stacklevel=1)
     done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.grid_rho, a.seed, a.cfg, parse_interval(a.cfg_interval),
                       a.labels, a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress,
                       compile_net=a.compile, on_start=startup)

@@ -8,7 +8,8 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, examples, non_negative_int, parents, positive_int, startup, write_json
+from diffrep.cli.common import (FORMATTER, examples, non_negative_int, parents, positive_float, positive_int, startup,
+                                 write_json)
 from diffrep.errors import DiffrepError
 
 
@@ -72,7 +73,7 @@ def register(sub) -> None:
     q.add_argument("--size", choices=("auto", "preset", "small"), default="auto",
                    help="auto (default): time a few steps, run the preset (UNet-S, 800 steps) if it is projected "
                         "within 1.5 × --minutes here, else the small plan (UNet-XS, steps fitted to --minutes)")
-    q.add_argument("--minutes", type=float, default=13.0,
+    q.add_argument("--minutes", type=positive_float, default=13.0,
                    help="the wall-time budget --size auto plans for (default 13)")
     q.add_argument("--steps", type=positive_int, help="override the plan's step count")
     q.add_argument("--n", type=positive_int, help="samples to judge per set (default: the plan's, 1000 or 500)")

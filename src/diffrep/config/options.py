@@ -7,6 +7,7 @@ may change on ``--resume``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
@@ -116,8 +117,10 @@ class TrainConfig:
             raise DiffrepError("--steps, --batch-size and --grad-accum must be positive")
         if self.batch_size % self.grad_accum:
             raise DiffrepError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise DiffrepError(f"--label-dropout must be in [0, 1), got {self.label_dropout}")
+        for name, (ok, domain) in FLOAT_DOMAINS.items():
+            value = getattr(self, name)
+            if not (math.isfinite(value) and ok(value)):
+                raise DiffrepError(f"--{name.replace('_', '-')} must be {domain}, got {value}")
         if self.eval_every or (self.eval_metrics, self.eval_encoders) != ("fd", "reference"):
             self._validate_eval_names()
         if self.eval_every and self.eval_samples < 10:
@@ -137,9 +140,25 @@ class TrainConfig:
             raise DiffrepError(f"--prediction and --schedule apply to --process vp only (this run: {self.process})")
         if self.process != "flow" and self.time_sampling != "uniform":
             raise DiffrepError(f"--time-sampling applies to --process flow only (this run: {self.process})")
+        if self.eval_every and "reference" in self.eval_encoders.split(",") and self.data not in BUILTIN:
+            raise DiffrepError(f"--eval-encoders reference: the reference encoders are trained on {', '.join(BUILTIN)}, "
+                               f"not {self.data}; pass --eval-encoders inception (or pixels, dinov2-s14, clip)")
         if self.image_size is not None and (self.data in BUILTIN or self.data.endswith(".npz")):
             raise DiffrepError(f"--image-size resizes the images of a folder; {self.data} has a fixed size: "
                                "drop --image-size")
+
+    def suspicious(self, dataset_size: int, labels_used: int, num_classes: int) -> list[str]:
+        """Legal values a new run warns about: the run would train, but probably not as meant."""
+        found = []
+        if self.warmup >= self.steps:
+            found.append(f"--warmup {self.warmup} ≥ --steps {self.steps}: the learning rate never reaches --lr {self.lr}")
+        if self.batch_size > dataset_size:
+            found.append(f"--batch-size {self.batch_size} > the {dataset_size} training images: every batch repeats "
+                         "images (epochs are sampled without replacement, batches span epochs)")
+        if num_classes > 2 * labels_used:
+            found.append(f"the labels use {labels_used} distinct values but reach {num_classes - 1}: the net gets "
+                         f"{num_classes} class embeddings, most never trained (renumber the labels 0…{labels_used - 1})")
+        return found
 
     def _validate_eval_names(self) -> None:
         from diffrep.evaluation.encoders import ENCODERS
@@ -154,6 +173,17 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields that define the training trajectory (everything a resume must keep)."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_FIELDS}
+
+
+FLOAT_DOMAINS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "label_dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "lr": (lambda v: v > 0, "a positive number"),
+    "weight_decay": (lambda v: v >= 0, "a non-negative number"),
+    "beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "grad_clip": (lambda v: v >= 0, "a non-negative number (0: off)"),
+    "ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+}
+"""The float options' valid values (each must also be finite), checked by :meth:`TrainConfig.validate`."""
 
 
 RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "grid_every", "grid_sampler", "grid_steps",

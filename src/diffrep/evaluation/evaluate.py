@@ -163,10 +163,11 @@ def _paired_row(metric: str, gen: EvalSet, ref: EvalSet) -> dict:
 
 
 def load_encoders(names: list[str], weights: dict[str, str] | None = None,
-                  resize_mode: str | None = None) -> list[Encoder]:
-    """Encoders by name; ``weights`` maps a name to a local weights file."""
+                  resize_mode: str | None = None, data: str | None = None) -> list[Encoder]:
+    """Encoders by name; ``weights`` maps a name to a local weights file; ``data``: the reference data's spec (picks
+    the ``reference`` encoder of a built-in dataset)."""
     weights = weights or {}
-    return [get_encoder(n, weights.get(n), resize_mode) for n in names]
+    return [get_encoder(n, weights.get(n), resize_mode, data) for n in names]
 
 
 def _fmt(v: float) -> str:

@@ -86,8 +86,11 @@ def translate_run(source_run: Path, target_run: Path, *, data: str = "mnist5k:te
                   seed: int = 0, batch_size: int = 100, precision: str = "auto", device: str = "auto",
                   progress: bool = True, out: Path | None = None, grid: Path | None = None, overwrite: bool = False,
                   on_start: Callable[[Precision], None] | None = None) -> dict:
-    """Translate ``n`` images of ``data`` from the source run to the target run; returns the metrics."""
-    from diffrep.data import save_grid, to_model_range, to_uint8
+    """Translate ``n`` images of ``data`` from the source run to the target run; returns the metrics.
+
+    The translations are judged by the reference encoder of the target run's data when that is built in
+    (class agreement with the source labels, FD_ref to its test split), else by that of ``data``."""
+    from diffrep.data import BUILTIN, save_grid, to_model_range, to_uint8
     from diffrep.evaluation import restoration
     from diffrep.inverse.run import fd_ref_to_test, load_inputs, reference_judge, refuse_existing
     from diffrep.io import save_npz
@@ -122,11 +125,13 @@ def translate_run(source_run: Path, target_run: Path, *, data: str = "mnist5k:te
                "target_labels": target_labels, "precision": chosen.name,
                "ssim_to_source": float(restoration.ssim(translated, inputs.images).mean()),
                "reconstruction_psnr": float(restoration.psnr(rebuilt, inputs.images).mean())}
-    judge = reference_judge(builtin)
+    judged_on = runs[1].config.data if runs[1].config.data in BUILTIN else builtin
+    judge = reference_judge(judged_on)
     if judge is not None:
         features, logits = judge(translated)
         predicted = logits.argmax(1)
-        metrics["fd_ref"] = fd_ref_to_test(features, builtin)
+        metrics["judged_on"] = judged_on
+        metrics["fd_ref"] = fd_ref_to_test(features, judged_on)
         if inputs.labels is not None:
             metrics["source_class_kept"] = float((predicted == inputs.labels).float().mean())
         if conds[1] is not None:

@@ -205,7 +205,7 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
             for (block, t), f in f_train.items():
                 splits["diffusion", block, t] = ProbeSplit(f, f_test[block, t], train.labels, test.labels)
         else:
-            encoder = get_encoder(backbone, (encoder_weights or {}).get(backbone))
+            encoder = get_encoder(backbone, (encoder_weights or {}).get(backbone), data=data)
             f_train, f_test = (extract_features(encoder, s.images, progress=progress).features for s in (train, test))
             splits[backbone, None, None] = ProbeSplit(f_train, f_test, train.labels, test.labels)
     linear = linear_probe(splits, seed=seed)

@@ -16,6 +16,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from diffrep import distributed
-from diffrep.checkpoint import latest_checkpoint, save_checkpoint
+from diffrep.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from diffrep.config import RESUMABLE_FIELDS, TrainConfig, config_diff, load_run_config, save_config
 from diffrep.data import get_space, load_dataset
 from diffrep.errors import DiffrepError
@@ -90,7 +91,7 @@ class Trainer:
         self.objective = objective or Denoising()
         self._evaluate = PeriodicEval()
         ckpt = self._open_run_dir(resume)
-        if not resume:
+        if ckpt is None:
             self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
         if cfg.fsdp and self.world.size == 1:
             warnings.warn("--fsdp shards the net over torchrun's processes; with one process it trains unsharded",
@@ -107,7 +108,7 @@ class Trainer:
         self.params = net_params + self.head_params
         self.optimizer = make_optimizer(cfg, net_params, self.head_params)
         self.forward_net = CompiledOrEager(self.train_net) if cfg.compile else self.train_net
-        if resume:
+        if ckpt is not None:
             self._load(ckpt)
         self._write_run_files()
 
@@ -123,11 +124,25 @@ class Trainer:
 
     # ---- run directory -------------------------------------------------------------
     def _open_run_dir(self, resume: bool):
-        """Check the run folder before any work: the checkpoint to resume from (``None`` for a new run)."""
+        """Check the run folder before any work: the checkpoint to resume from (``None`` for a new run).
+
+        A folder that died before its first checkpoint (only the run's start-up files) starts over, with or
+        without ``--resume``; a non-empty folder that is not a diffrep run is never written into."""
+        if self.out.exists() and not self.out.is_dir():
+            raise DiffrepError(f"--out {self.out} is a file: give the path of a folder for the run")
         ckpt = latest_checkpoint(self.out)
+        started = (self.out / "config.yaml").exists()
+        if ckpt is None and started and not list_checkpoints(self.out):
+            if self.world.is_main:
+                warnings.warn(f"{self.out} holds a run that stopped before its first checkpoint: starting it over",
+                              stacklevel=3)
+            resume = started = False
+        elif ckpt is None and not started and self.out.is_dir() and any(self.out.iterdir()):
+            raise DiffrepError(f"--out {self.out} is a folder that is not empty and holds no diffrep run: choose a "
+                               "new or empty folder (diffrep never writes into a foreign folder)")
         if resume:
             if ckpt is None:
-                fix = ("start a new run with another --out" if (self.out / "config.yaml").exists()
+                fix = ("start a new run with another --out" if started
                        else "run without --resume to start a new run")
                 raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; {fix}")
             old = load_run_config(self.out).identity()
@@ -136,10 +151,14 @@ class Trainer:
             if diff:
                 raise DiffrepError(f"--resume: the checkpoint in {self.out} was trained with a different config ({'; '.join(diff)}); "
                                    "use the same options or a new --out")
-        elif ckpt is not None or (self.out / "config.yaml").exists():
+        elif ckpt is not None or started:
             raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out")
         else:
             self.cfg.refuse_ignored_options()
+            if self.world.is_main:
+                used = 0 if self.data.labels is None else int(torch.unique(self.data.labels).numel())
+                for message in self.cfg.suspicious(len(self.data), used, self.num_classes):
+                    warnings.warn(message, stacklevel=3)
         distributed.barrier()  # every rank has checked the folder before rank 0 writes into it
         return ckpt
 
@@ -173,7 +192,7 @@ class Trainer:
         path = self.out / "metrics.jsonl"
         if not path.exists():
             return
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+        lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
         with atomic_write(path, "w") as f:
             f.write("".join(ln + "\n" for ln in lines))
 
@@ -360,3 +379,11 @@ class Trainer:
     def save_grid(self) -> Path | None:
         """Draw the EMA's sample grid now (:func:`~diffrep.train.periodic.sample_grid`)."""
         return sample_grid(self)
+
+
+def _logged_step(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; ``inf`` (dropped) for a blank or torn one, as a full disk leaves."""
+    try:
+        return json.loads(line).get("step", 0) if line.strip() else math.inf
+    except json.JSONDecodeError:
+        return math.inf

@@ -66,7 +66,7 @@ class PeriodicEval:
         if self._sets is None:
             ref = load_builtin(cfg.data, "test") if cfg.data in BUILTIN else trainer.data
             self._sets = (EvalSet(f"{cfg.data}:test" if cfg.data in BUILTIN else cfg.data, ref.images),
-                          EvalSet(f"{cfg.data}:train", trainer.data.images), load_encoders(cfg.eval_encoders.split(",")))
+                          EvalSet(f"{cfg.data}:train", trainer.data.images), load_encoders(cfg.eval_encoders.split(","), data=cfg.data))
         ref, train, encoders = self._sets
         labels = make_labels("balanced", cfg.eval_samples, trainer.num_classes) if trainer.num_classes else None
         chunks = generate(trainer.sampling_net(), trainer.process, trainer.data.shape, cfg.eval_samples,

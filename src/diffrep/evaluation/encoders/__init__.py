@@ -162,10 +162,25 @@ def _clip(weights: str | None, resize_mode: str | None) -> Encoder:
                    net)
 
 
-def _reference(weights: str | None, resize_mode: str | None) -> Encoder:
+def reference_dataset(data: str | None) -> str:
+    """The built-in dataset whose reference encoder judges images of ``data`` (a spec such as ``digits:test``;
+    ``None``: mnist5k); other data have no reference encoder: a one-line error naming those that fit."""
+    from diffrep.data import BUILTIN
+
+    if data is None:
+        return "mnist5k"
+    name = data.partition(":")[0]
+    if name not in BUILTIN:
+        raise DiffrepError(f"the reference encoder is trained on a built-in dataset ({', '.join(BUILTIN)}), not on "
+                           f"{data}: use encoders that fit any images (inception, dinov2-s14, clip, pixels) or "
+                           "--encoder-weights reference=PATH")
+    return name
+
+
+def _reference(weights: str | None, resize_mode: str | None, data: str | None = None) -> Encoder:
     from diffrep.reference import load_reference
 
-    net = _ReferenceFeatures(load_reference("mnist5k", weights))
+    net = _ReferenceFeatures(load_reference("mnist5k" if weights else reference_dataset(data), weights))
     return Encoder(EncoderSpec("reference", None, resize_mode or "none", "centred", "fc128", state_dict_sha256(net),
                                channels=None), net)
 
@@ -187,13 +202,16 @@ ENCODERS: dict[str, Callable[[str | None, str | None], Encoder]] = {
 }
 
 
-def get_encoder(name: str, weights: str | Path | None = None, resize_mode: str | None = None) -> Encoder:
-    """A registered encoder; ``weights`` is a local file (default: the official download), ``resize_mode`` overrides."""
+def get_encoder(name: str, weights: str | Path | None = None, resize_mode: str | None = None,
+                data: str | None = None) -> Encoder:
+    """A registered encoder; ``weights`` is a local file (default: the official download), ``resize_mode`` overrides;
+    ``data`` (a dataset spec) picks the ``reference`` encoder of that built-in dataset."""
     if name not in ENCODERS:
         raise DiffrepError(f"unknown encoder {name!r}: choose from {', '.join(ENCODERS)}")
     if resize_mode is not None and resize_mode not in RESIZE_MODES:
         raise DiffrepError(f"unknown resize mode {resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
-    return ENCODERS[name](None if weights is None else str(weights), resize_mode)
+    weights = None if weights is None else str(weights)
+    return _reference(weights, resize_mode, data) if name == "reference" else ENCODERS[name](weights, resize_mode)
 
 
 def encoder_from_module(module: nn.Module, name: str, *, input_size: int | None = None, resize_mode: str = "bicubic",

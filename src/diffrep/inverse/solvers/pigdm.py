@@ -25,9 +25,15 @@ class PiGDM:
     ``r² = s²/(1 + s²)`` (paper eq. 7), its score ``g = (∂x̂0/∂x)ᵀ Aᵀ(r²AAᵀ + σ_y²)⁻¹(y − A x̂0)`` through the
     net (one vector-Jacobian product), and Tweedie's ``E[x0 | x, y] = x̂0 + s²·g``.  The matrix inverse
     is exact through the operator's SVD; 50 steps (η 0 as RED-diff's implementation of ΠGDM).
+
+    ``clip``: the guided estimate is clipped to the data range ``[-clip, clip]`` (ADM's ``clip_denoised``;
+    0 turns it off).  At high noise ``s²·∂x̂0/∂x`` should be the posterior covariance, O(1), but an
+    ε-predicting net's x̂0 = x − s·ε̂ carries its Jacobian error times s³: on a VP run without the clip,
+    ΠGDM's iterates grow ×100 per step from s = 80 and end in NaN.
     """
 
     steps: int = 50
+    clip: float = 1.0
 
     uses_prior = True
     needs_svd = True
@@ -44,5 +50,7 @@ class PiGDM:
                 v = measurement_gradient(op, x0.detach(), y, s**2 / (1 + s**2), sigma_y)
                 (g,) = torch.autograd.grad(x0, x, v)
             x0 = x0.detach() + s**2 * g
+            if self.clip > 0:
+                x0 = x0.clamp(-self.clip, self.clip)
             x = x0 + (s_next / s) * (x.detach() - x0)
         return x.detach()
