@@ -211,3 +211,37 @@ def test_sample_warns_on_a_legal_but_saturating_guidance_scale(cli, tmp_path):
     code, _, err = cli("sample", tmp_path / "no-run", "--out", tmp_path / "s.npz", "--cfg", "50")
     assert "warning: --cfg 50.0: guidance scales above 20" in err
     assert code == 2 and "no-run" in err.splitlines()[-1]      # then the missing run: one line, no traceback
+
+
+@pytest.mark.parametrize("command", [["sample", "no-run"], ["eval", "a.npz", "mnist5k:test"],
+                                     ["features", "mnist5k:test"], ["classify", "no-run"], ["probe", "no-run"]])
+def test_outputs_are_checked_before_any_work_and_never_overwritten_silently(cli, tmp_path, command):
+    existing = tmp_path / "out.x"
+    existing.write_bytes(b"the user's result")
+    code, _, err = cli(*command, "--out", existing)
+    assert code == 2 and "exists: pass --overwrite" in err and existing.read_bytes() == b"the user's result"
+    code, _, err = cli(*command, "--out", tmp_path)
+    assert code == 2 and "is a folder: give the path of a file" in err
+    code, _, err = cli(*command, "--out", existing / "inside.json")
+    assert code == 2 and "is a file, so no folder can be made there" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_reference_writes_weights_and_card_to_two_files(cli, tmp_path):
+    code, _, err = cli("reference", "--data", "digits", "--out", tmp_path / "card.json")
+    assert code == 2 and "give a .safetensors path" in err and not (tmp_path / "card.json").exists()
+    (tmp_path / "r.json").write_text("card")
+    code, _, err = cli("reference", "--data", "digits", "--out", tmp_path / "r.safetensors")
+    assert code == 2 and "the card of --out" in err and "exists" in err
+
+
+def test_outputs_carry_their_provenance(cli, tmp_path):
+    assert cli("train", "--preset", "smoke", "--steps", 2, "--no-progress", "--out", tmp_path / "run")[0] == 0
+    code, _, err = cli("sample", tmp_path / "run", "--n", 4, "--steps", 2, "--no-progress", "--out", tmp_path / "s.npz")
+    assert code == 0, err
+    with np.load(tmp_path / "s.npz") as z:
+        made = json.loads(str(z["provenance"]))
+    assert made["checkpoint_step"] == 2 and made["run"] == str(tmp_path / "run") and made["diffrep"] and made["torch"]
+    assert cli("judge", tmp_path / "s.npz", "--data", "digits", "--json", tmp_path / "j.json")[0] == 0
+    assert json.loads((tmp_path / "j.json").read_text())["provenance"]["command"].startswith("diffrep ")
+    assert "provenance" in json.loads((tmp_path / "run" / "model.json").read_text())

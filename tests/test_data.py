@@ -119,3 +119,14 @@ def test_images_beside_class_folders_are_reported(tmp_path):
     with pytest.warns(UserWarning, match="ignored 3 image"):
         data = load_folder(tmp_path)
     assert len(data) == 2 and data.num_classes == 1
+
+
+def test_atomic_writes_follow_the_umask_and_leave_no_temporary_file(tmp_path):
+    import os
+
+    from diffrep.io import UMASK, atomic_write
+
+    with atomic_write(tmp_path / "out.json", "w") as f:
+        f.write("{}")
+    assert (tmp_path / "out.json").stat().st_mode & 0o777 == 0o666 & ~UMASK != 0o600
+    assert os.listdir(tmp_path) == ["out.json"]

@@ -244,8 +244,8 @@ def test_restore_command_writes_everything_and_refuses_to_overwrite(tiny_runs, t
     before = out.read_bytes()
     code, _, err = cli(*args)
     assert code == 2 and "r.npz exists: pass --overwrite" in err and out.read_bytes() == before
-    code, stdout, _ = cli("eval", out, f"{out}:truth", "--metrics", "psnr,ssim", "--no-progress")
-    assert code == 0 and "psnr" in stdout and "ssim" in stdout
+    code, stdout, err = cli("eval", out, f"{out}:truth", "--metrics", "psnr,ssim", "--no-progress")
+    assert code == 0 and "psnr" in stdout and "ssim" in stdout, err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -199,6 +199,20 @@ def test_run_folders_a_foreign_folder_a_file_and_a_run_that_died_before_its_firs
         assert [json.loads(ln)["step"] for ln in (died / "metrics.jsonl").read_text().splitlines()] == [4]
 
 
+def test_a_run_folder_is_locked_while_it_trains_and_never_trains_backwards(cli, tmp_path):
+    from diffrep.train.loop import lock_run_dir
+
+    held = lock_run_dir(tmp_path / "run")            # as another process training into the folder would
+    code, _, err = cli("train", *SMOKE, "--out", tmp_path / "run")
+    assert code == 2 and "being trained by another process" in err and not (tmp_path / "run" / "config.yaml").exists()
+    held.close()                                      # the lock dies with its holder: no stale lock to clear
+    assert cli("train", *SMOKE, "--steps", 10, "--out", tmp_path / "run")[0] == 0
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    code, _, err = cli("train", *SMOKE, "--steps", 5, "--resume", "--out", tmp_path / "run")
+    assert code == 2 and "already at step 10; give --steps above 10" in err
+    assert (tmp_path / "run" / "config.yaml").read_text() == config
+
+
 def test_a_torn_last_log_line_does_not_block_a_resume(cli, tmp_path):
     assert cli("train", *SMOKE, "--steps", 10, "--out", tmp_path)[0] == 0
     with open(tmp_path / "metrics.jsonl", "a") as f:

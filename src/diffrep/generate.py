@@ -97,7 +97,7 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     ``on_start`` gets the precision once the run is loaded and the options checked.
     """
     from diffrep.data import save_grid
-    from diffrep.io import save_npz
+    from diffrep.io import provenance, save_npz
     from diffrep.runs import load_run
     from diffrep.runtime import CompiledOrEager
     from diffrep.samplers import network_evaluations
@@ -125,7 +125,7 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
         arrays = {"arr_0": images.permute(0, 2, 3, 1).numpy()}
         if y is not None:
             arrays["arr_1"] = y.numpy()
-        save_npz(out, **arrays)
+        save_npz(out, provenance(run, info["step"]), **arrays)
         if grid:
             save_grid(images[:100], grid, nrow=10)
     distributed.barrier()

@@ -6,12 +6,18 @@ A crash at any moment leaves either the old file or the new one, never a torn on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator
 
 import numpy as np
+
+from diffrep.errors import DiffrepError
 
 
 def fsync_dir(path: Path) -> None:
@@ -23,9 +29,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    """The process's umask, read once at import (setting it to read it races with threads that create files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it over ``path``."""
+    """Open a temporary sibling of ``path`` for writing; on success fsync and rename it over ``path``.  The file
+    gets the permissions a plain ``open`` would give it (0666 less the umask), not the temporary file's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,6 +50,7 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~UMASK)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
@@ -42,7 +60,40 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
-def save_npz(path: Path | str, **arrays: np.ndarray) -> None:
-    """``np.savez`` written atomically (``path`` keeps its name; no ``.npz`` is appended)."""
+def check_output_path(path: Path | str, overwrite: bool, flag: str = "--out") -> None:
+    """Before any work: a one-line error for an output that exists (unless ``overwrite``), that is a folder, or whose
+    folder cannot be created or written to."""
+    path = Path(path)
+    if path.is_dir():
+        raise DiffrepError(f"{flag} {path} is a folder: give the path of a file")
+    if path.exists() and not overwrite:
+        raise DiffrepError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another path")
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DiffrepError(f"{flag} {path}: {folder} is a file, so no folder can be made there")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DiffrepError(f"{flag} {path}: cannot write into {folder} (permission denied); choose another path")
+
+
+def provenance(run: Path | str | None = None, step: int | None = None) -> dict:
+    """What made an output: diffrep's and torch's versions, the command line, the time, and the run and checkpoint
+    step it came from (when there is one)."""
+    import torch
+
+    from diffrep import __version__
+
+    out = {"diffrep": __version__, "torch": torch.__version__, "command": "diffrep " + shlex.join(sys.argv[1:]),
+           "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if run is not None:
+        out.update(run=str(run), checkpoint_step=step)
+    return out
+
+
+def save_npz(path: Path | str, made_by: dict | None = None, **arrays: np.ndarray) -> None:
+    """``np.savez`` written atomically (``path`` keeps its name; no ``.npz`` is appended), with a ``provenance``
+    array: ``made_by`` (see :func:`provenance`) as JSON."""
+    arrays["provenance"] = np.array(json.dumps(made_by or provenance()))
     with atomic_write(path) as f:
         np.savez(f, **arrays)

@@ -60,10 +60,11 @@ def examples(*lines: str) -> str:
 
 def parents(*, device: bool = True, progress: bool = True, seed: int | None = None, batch_size: int | None = None,
             batch_help: str = "images per forward pass", precision: str | None = None, encoder: bool = False,
-            cache: bool = False) -> list[argparse.ArgumentParser]:
+            cache: bool = False, outputs: bool = False) -> list[argparse.ArgumentParser]:
     """Parent parsers for the options commands repeat: ``--device``, ``--no-progress``, ``--seed`` (with its
     default), ``--batch-size`` (with its default), ``--precision`` (``"net"`` or ``"encoder"`` help), the
-    metric-encoder options (``--encoder-weights``, ``--resize``) and the feature-cache options."""
+    metric-encoder options (``--encoder-weights``, ``--resize``), the feature-cache options and ``--overwrite``
+    (for commands that write output files: see :func:`check_outputs`)."""
     from diffrep.evaluation.encoders.resize import RESIZE_MODES
     from diffrep.precision import PRECISIONS
 
@@ -91,11 +92,24 @@ def parents(*, device: bool = True, progress: bool = True, seed: int | None = No
         p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
         p.add_argument("--cache-dir", type=Path,
                        help="feature cache (default $DIFFREP_CACHE/features or ~/.cache/diffrep/features)")
+    if outputs:
+        parent().add_argument("--overwrite", action="store_true", help="replace output files that exist")
     if device:
         parent().add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 …")
     if progress:
         parent().add_argument("--no-progress", action="store_true", help="no progress bars")
     return made
+
+
+def check_outputs(a: argparse.Namespace, *flags: str) -> None:
+    """Check the output files named by ``flags`` (``"out"``, ``"grid"``, …) before any work: none may exist
+    unless ``--overwrite``, and each must be writable."""
+    from diffrep.io import check_output_path
+
+    for flag in flags:
+        path = getattr(a, flag)
+        if path is not None:
+            check_output_path(path, a.overwrite, "--" + flag.replace("_", "-"))
 
 
 def startup(precision) -> None:
@@ -151,10 +165,10 @@ def encoder_precision(a) -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """``payload`` as indented JSON, written atomically."""
+    """``payload`` as indented JSON with its ``provenance`` (versions, command line, time), written atomically."""
     import json
 
-    from diffrep.io import atomic_write
+    from diffrep.io import atomic_write, provenance
 
     with atomic_write(path, "w") as f:
-        json.dump(payload, f, indent=1)
+        json.dump({**payload, "provenance": payload.get("provenance", provenance())}, f, indent=1)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from diffrep.cli.common import (FORMATTER, encoder_precision, encoder_weights, examples, device_name, feature_cache,
-                                parents, positive_int, write_json)
+from diffrep.cli.common import (FORMATTER, check_outputs, device_name, encoder_precision, encoder_weights, examples,
+                                feature_cache, parents, positive_int, write_json)
 
 
 def register(sub) -> None:
     from diffrep.evaluation import DEFAULT_METRICS, ENCODERS, METRICS
 
     e = sub.add_parser("eval", help="metrics × encoders between generated and reference images", formatter_class=FORMATTER,
-                       parents=parents(batch_size=100, precision="encoder", encoder=True, cache=True),
+                       parents=parents(batch_size=100, precision="encoder", encoder=True, cache=True, outputs=True),
                        description="Evaluate GEN against REF. GEN/REF: a folder of images, an .npz (ADM layout: arr_0 "
                                    "images; REF may hold only mu/sigma), a run directory (its samples.npz) or a "
                                    "built-in split such as mnist5k:test. Prints a metric × encoder table.",
@@ -41,6 +41,7 @@ def register(sub) -> None:
 
     j = sub.add_parser("judge", help="reference-encoder accuracy and FD_ref of samples of the embedded data",
                        formatter_class=FORMATTER,
+                       parents=parents(device=False, progress=False, outputs=True),
                        description="The judge's reference encoder is a metric encoder: it always computes in fp32.",
                        epilog=examples("diffrep judge samples.npz", "diffrep judge samples.npz --json judge.json"))
     j.add_argument("samples", help="an .npz (arr_0 [+ arr_1]) or a folder of images")
@@ -54,9 +55,13 @@ def cmd_eval(a) -> int:
 
     from diffrep import __version__, distributed
     from diffrep.evaluation import evaluate, format_table, load_encoders, load_eval_set
+    from diffrep.evaluation.registry import get_metric
 
+    check_outputs(a, "out")
     names = [m.strip() for m in a.metrics.split(",") if m.strip()]
     encoder_names = [e.strip() for e in (a.encoders or default_encoder(a.ref)).split(",") if e.strip()]
+    if all(get_metric(m).kind == "restoration" for m in names):
+        encoder_names = []  # pixel metrics only: no encoder is loaded (nor downloaded)
     encoders = load_encoders(encoder_names, encoder_weights(a.encoder_weights, encoder_names), a.resize, data=a.ref)
     gen, ref = load_eval_set(a.gen, a.image_size), load_eval_set(a.ref, a.image_size)
     train = load_eval_set(a.train, a.image_size) if a.train else None
@@ -98,6 +103,7 @@ def cmd_judge(a) -> int:
     from diffrep.data import load_dataset
     from diffrep.reference import judge
 
+    check_outputs(a, "json")
     result = judge(load_dataset(a.samples), a.data).as_dict()
     print(judge_table([(Path(a.samples).name, result)]))
     if a.json:

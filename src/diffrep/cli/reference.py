@@ -4,22 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, examples, positive_int
+from diffrep.cli.common import FORMATTER, check_outputs, examples, parents, positive_int
+from diffrep.errors import DiffrepError
 
 
 def register(sub) -> None:
     r = sub.add_parser("reference", help="train the reference encoder of a built-in dataset", formatter_class=FORMATTER,
-                       epilog=examples("diffrep reference --data mnist5k --out src/diffrep/assets/reference-mnist5k.safetensors"))
+                       parents=parents(device=False, progress=False, outputs=True),
+                       description="Writes the weights to --out (.safetensors) and a JSON card beside them (.json).",
+                       epilog=examples("diffrep reference --data digits --out reference-digits.safetensors"))
     r.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"))
-    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True, help="the weights file, ending in .safetensors")
     r.add_argument("--epochs", type=positive_int, default=30)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(handler=cmd_reference)
 
 
 def cmd_reference(a) -> int:
+    from diffrep.io import check_output_path
     from diffrep.reference import save_reference, train_reference
 
+    if a.out.suffix != ".safetensors":
+        raise DiffrepError(f"--out {a.out}: give a .safetensors path (the JSON card is written beside it, "
+                           f"{a.out.with_suffix('.json').name})")
+    check_outputs(a, "out")
+    check_output_path(a.out.with_suffix(".json"), a.overwrite, "the card of --out")
     net, card = train_reference(a.data, epochs=a.epochs, seed=a.seed)
     card["command"] = f"diffrep reference --data {a.data} --out {a.out} --epochs {a.epochs} --seed {a.seed}"
     save_reference(net, card, a.out)

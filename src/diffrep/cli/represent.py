@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from diffrep.cli.common import (FORMATTER, device_name, encoder_precision, encoder_weights, examples, feature_cache,
-                                floats, parents, positive_float, positive_int, startup, write_json)
+                                check_outputs, floats, parents, positive_float, positive_int, startup, write_json)
 from diffrep.errors import DiffrepError
 
 
@@ -16,7 +16,7 @@ def register(sub) -> None:
     from diffrep.represent import POOLS, SCHEDULES
 
     f = sub.add_parser("features", help="features of images: a diffusion run's at (block, t), or a metric encoder's",
-                       formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, encoder=True, cache=True),
+                       formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, encoder=True, cache=True, outputs=True),
                        description="SOURCE a run directory: the diffusion model's pooled hidden states of --data at "
                                    "every (--blocks, --t) pair. Otherwise SOURCE is images (a folder, an .npz or a "
                                    "built-in split) and --encoder encodes them.",
@@ -38,7 +38,7 @@ def register(sub) -> None:
     f.set_defaults(handler=cmd_features)
 
     pr = sub.add_parser("probe", help="linear and k-NN probes of a run's features at (block, t) and of other backbones",
-                        formatter_class=FORMATTER, parents=parents(seed=0, precision="net"),
+                        formatter_class=FORMATTER, parents=parents(seed=0, precision="net", outputs=True),
                         epilog=examples("diffrep probe runs/qs --backbones diffusion,reference,pixels --out probe.json "
                                         "--heatmap probe.png",
                                         "diffrep probe runs/dit --blocks block2,block4,block6 --t 0.1,0.3"))
@@ -55,7 +55,7 @@ def register(sub) -> None:
 
     c = sub.add_parser("classify", help="zero-shot Diffusion Classifier accuracy of a class-conditional run",
                        formatter_class=FORMATTER,
-                       parents=parents(progress=False, seed=0, batch_size=250, precision="net",
+                       parents=parents(progress=False, seed=0, batch_size=250, precision="net", outputs=True,
                                        batch_help="network inputs per forward (250: fastest on CPU here)"),
                        epilog=examples("diffrep classify runs/qs --data mnist5k --split test --limit 200",
                                        "diffrep classify runs/qs --schedule racing --pairs 32 --out c.json",
@@ -93,6 +93,7 @@ def cmd_features(a) -> int:
     from diffrep.evaluation import extract_features, get_encoder
     from diffrep.io import save_npz
 
+    check_outputs(a, "out")
     if (Path(a.source) / "config.yaml").is_file() and a.encoder is None:
         return _run_features(a)
     name = a.encoder or "reference"
@@ -155,6 +156,7 @@ def _run_features(a) -> int:
 def cmd_probe(a) -> int:
     from diffrep.represent import plot_heatmap, probe_backbones
 
+    check_outputs(a, "out", "heatmap")
     rows = probe_backbones(a.run, data=a.data, backbones=a.backbones.split(","), blocks=a.blocks,
                            times=floats(a.t, "--t"), pooling=a.pool, seed=a.seed, resample=a.resample_noise,
                            noise_draws=a.noise_draws, normalize=a.l2_normalize,
@@ -188,6 +190,7 @@ def _rounds(text: str | None) -> list[tuple[int, int]] | None:
 def cmd_classify(a) -> int:
     from diffrep.represent import classify_run
 
+    check_outputs(a, "out")
     r = classify_run(a.run, data=a.data, split=a.split, limit=a.limit, pairs=a.pairs, schedule=a.schedule,
                      time_weights=a.time_weights, fit_images=a.fit_images, rounds=_rounds(a.rounds), z=a.z,
                      norm=a.norm, seed=a.seed, batch_size=a.batch_size, precision=a.precision, device=a.device,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, examples, finite_float, parents, positive_float, positive_int, startup, write_json
+from diffrep.cli.common import (FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
+                                startup, write_json)
 from diffrep.errors import DiffrepError
 
 
@@ -14,7 +15,7 @@ def register(sub) -> None:
 
     tasks = "\n".join(f"  {name:15s} {what}; options {opts or '—'}" for name, (what, opts) in TASKS.items())
     r = sub.add_parser("restore", help="restore measured images with a run as the prior (RED-diff, DPS, ΠGDM, DDRM, DAPS)",
-                       formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, precision="net",
+                       formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, precision="net", outputs=True,
                                                                   batch_help="inputs per batch (each with its K draws)"),
                        description="Measure N images of --data with --task (y = A x + σ_y·n), restore each K times with "
                                    "--solver, and report PSNR, SSIM, coverage of the 90%% interval, the reference "
@@ -42,11 +43,10 @@ def register(sub) -> None:
     r.add_argument("--out", type=Path, help=".npz: truth, measurement, restorations N×K, operator parameters, metrics")
     r.add_argument("--grid", type=Path, help="PNG: truth | measurement | restorations | std, one row per input")
     r.add_argument("--json", type=Path, help="also write the metrics as JSON")
-    r.add_argument("--overwrite", action="store_true", help="replace existing --out/--grid/--json files")
     r.set_defaults(handler=cmd_restore)
 
     t = sub.add_parser("translate", help="image-to-image translation by inversion (CycleDiffusion's DPM-Encoder)",
-                       formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, precision="net"),
+                       formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, precision="net", outputs=True),
                        description="Encode N images of --data into the noises of the SOURCE run's ancestral sampler and "
                                    "decode them with the TARGET run. Labels: none (the null class), true (the images' "
                                    "classes), shift:K (class + K) or a class index.",
@@ -64,7 +64,6 @@ def register(sub) -> None:
     t.add_argument("--steps", type=positive_int, default=50, help="ancestral steps (default 50)")
     t.add_argument("--out", type=Path, help=".npz: arr_0 translations, source images, metrics")
     t.add_argument("--grid", type=Path, help="PNG: rows of source | reconstruction | translation")
-    t.add_argument("--overwrite", action="store_true", help="replace existing --out/--grid files")
     t.set_defaults(handler=cmd_translate)
 
 
@@ -81,9 +80,8 @@ def key_values(pairs: list[str], flag: str) -> dict[str, str]:
 
 def cmd_restore(a: argparse.Namespace) -> int:
     from diffrep.inverse import restore_run
-    from diffrep.inverse.run import refuse_existing
 
-    refuse_existing(a.json, overwrite=a.overwrite)
+    check_outputs(a, "out", "grid", "json")
     m = restore_run(a.run, a.task, a.solver, data=a.data, n=a.n, samples=a.samples,
                     task_opts=key_values(a.task_opt, "--task-opt"), solver_opts=key_values(a.solver_opt, "--solver-opt"),
                     sigma_y=a.sigma_y, labels=a.labels, seed=a.seed, batch_size=a.batch_size, weights=a.weights,
@@ -101,6 +99,7 @@ def cmd_restore(a: argparse.Namespace) -> int:
 def cmd_translate(a: argparse.Namespace) -> int:
     from diffrep.inverse.translate import translate_run
 
+    check_outputs(a, "out", "grid")
     m = translate_run(a.source, a.target, data=a.data, n=a.n, source_labels=a.source_labels,
                       target_labels=a.target_labels, s_start=a.s_start, steps=a.steps, seed=a.seed,
                       batch_size=a.batch_size, precision=a.precision, device=a.device, progress=not a.no_progress,

@@ -7,7 +7,8 @@ import math
 import warnings
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, examples, finite_float, parents, positive_float, positive_int, startup
+from diffrep.cli.common import (FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
+                                startup)
 from diffrep.errors import DiffrepError
 
 
@@ -19,7 +20,7 @@ def register(sub) -> None:
     from diffrep.samplers import SAMPLERS
 
     s = sub.add_parser("sample", help="draw samples from a trained run (ADM .npz layout)", formatter_class=FORMATTER,
-                       parents=parents(seed=0, batch_size=250, precision="net"),
+                       parents=parents(seed=0, batch_size=250, precision="net", outputs=True),
                        epilog=examples("diffrep sample runs/x --n 1000 --sampler euler --steps 50 --out samples.npz "
                                        "--grid grid.png",
                                        "diffrep sample runs/x --n 1000 --sampler dpmpp_2m --steps 20 --cfg 1.5 "
@@ -61,6 +62,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
     from diffrep import distributed
     from diffrep.generate import sample_run
 
+    check_outputs(a, "out", "grid")
     if abs(a.cfg) > CFG_SUSPICIOUS:
         warnings.warn(f"--cfg {a.cfg}: guidance scales above {CFG_SUSPICIOUS} saturate the images (1.5–4 is usual)",
                       stacklevel=1)

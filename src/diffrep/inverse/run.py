@@ -80,7 +80,7 @@ def restore_run(run: Path, task: str, solver_name: str, *, data: str = "mnist5k:
                 on_start: Callable[[Precision], None] | None = None) -> dict:
     """Restore ``n`` images of ``data`` measured by ``task`` with ``solver`` and the run as the prior; returns the
     metrics (and writes ``out``/``grid`` when given)."""
-    from diffrep.io import save_npz
+    from diffrep.io import provenance, save_npz
     from diffrep.runs import check_images_fit_run, load_run
 
     if n < 1 or samples < 1:
@@ -119,7 +119,7 @@ def restore_run(run: Path, task: str, solver_name: str, *, data: str = "mnist5k:
                   "metrics": np.array(json.dumps(metrics)), **{f"operator_{k}": v for k, v in op.params().items()}}
         if inputs.labels is not None:
             arrays["arr_1"] = inputs.labels.numpy()
-        save_npz(out, **arrays)
+        save_npz(out, provenance(run, info["step"]), **arrays)
     if grid is not None:
         images, ncol = panel(inputs.images, shown_measurement(op, y), restored)
         save_grid(images, grid, nrow=ncol)

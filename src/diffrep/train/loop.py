@@ -29,7 +29,7 @@ from diffrep.checkpoint import latest_checkpoint, list_checkpoints, save_checkpo
 from diffrep.config import RESUMABLE_FIELDS, TrainConfig, config_diff, load_run_config, save_config
 from diffrep.data import get_space, load_dataset
 from diffrep.errors import DiffrepError
-from diffrep.io import atomic_write
+from diffrep.io import atomic_write, provenance
 from diffrep.loss import Batch
 from diffrep.plugins import Plugin, WarmStart, build_plugins
 from diffrep.precision import Precision, resolve_precision
@@ -137,14 +137,18 @@ class Trainer:
                 warnings.warn(f"{self.out} holds a run that stopped before its first checkpoint: starting it over",
                               stacklevel=3)
             resume = started = False
-        elif ckpt is None and not started and self.out.is_dir() and any(self.out.iterdir()):
+        elif ckpt is None and not started and self.out.is_dir() and any(p.name != LOCK for p in self.out.iterdir()):
             raise DiffrepError(f"--out {self.out} is a folder that is not empty and holds no diffrep run: choose a "
                                "new or empty folder (diffrep never writes into a foreign folder)")
+        self._lock = lock_run_dir(self.out) if self.world.is_main else None
         if resume:
             if ckpt is None:
                 fix = ("start a new run with another --out" if started
                        else "run without --resume to start a new run")
                 raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; {fix}")
+            if ckpt.step > self.cfg.steps:
+                raise DiffrepError(f"--resume --steps {self.cfg.steps}: the run is already at step {ckpt.step}; "
+                                   f"give --steps above {ckpt.step} to extend it (a run never trains backwards)")
             old = load_run_config(self.out).identity()
             stored = {k: v for k, v in ckpt.manifest["identity"].items() if k not in RESUMABLE_FIELDS}  # made resumable since
             diff = config_diff(stored, self.cfg.identity()) or config_diff(old, self.cfg.identity())
@@ -167,7 +171,8 @@ class Trainer:
             save_config(self.cfg, self.out / "config.yaml")
             with atomic_write(self.out / "model.json", "w") as f:
                 json.dump({"image_shape": list(self.data.shape), "num_classes": self.num_classes,
-                           "model": self.cfg.model, "process": self.process.describe()}, f, indent=1)
+                           "model": self.cfg.model, "process": self.process.describe(), "provenance": provenance()},
+                          f, indent=1)
             self._trim_metrics()
         distributed.barrier()
 
@@ -294,6 +299,15 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------
     def run(self) -> int:
+        """Train to ``cfg.steps``; returns the step reached.  The run folder's lock is released on return."""
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
+    def _run(self) -> int:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
@@ -387,3 +401,27 @@ def _logged_step(line: str) -> float:
         return json.loads(line).get("step", 0) if line.strip() else math.inf
     except json.JSONDecodeError:
         return math.inf
+
+
+LOCK = ".lock"
+"""The run folder's lock file (empty; the lock is the open file's ``flock``)."""
+
+
+def lock_run_dir(out: Path):
+    """An exclusive lock on a run folder for as long as the returned file stays open.  The OS drops it when the
+    process ends, however it ends, so a killed run leaves no stale lock; a second training into the folder is
+    refused instead of mixing checkpoints, config and logs."""
+    import fcntl
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK, "a")
+    except OSError as e:
+        raise DiffrepError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DiffrepError(f"{out} is being trained by another process right now: wait for it to finish, or "
+                           "choose another --out") from None
+    return handle
