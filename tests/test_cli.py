@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,6 +30,18 @@ def test_every_command_has_help_with_an_example(cli, command, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "examples:" in out and f"diffrep {command}" in out
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["trian"]])
+def test_version_help_and_typos_do_not_import_torch(argv):
+    code = ("import sys\nfrom diffrep.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code)\nprint('torch imported:', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    assert "torch imported: False" in done.stdout, done.stdout + done.stderr
+    if argv == ["trian"]:
+        assert "exit 2" in done.stdout and "invalid choice: 'trian'" in done.stderr
+    else:
+        assert "exit 0" in done.stdout and ("diffrep 0." in done.stdout or "classify" in done.stdout)
 
 
 def test_module_entry_point():
@@ -104,7 +118,7 @@ def test_judge_real_test_images(cli, tmp_path):
 
     test = load_builtin("mnist5k", "test")
     np.savez(tmp_path / "real.npz", arr_0=test.images.permute(0, 2, 3, 1).numpy(), arr_1=test.labels.numpy())
-    code, out, _ = cli("judge", tmp_path / "real.npz", "--json", tmp_path / "j.json")
+    code, out, _ = cli("judge", tmp_path / "real.npz", "--out", tmp_path / "j.json")
     assert code == 0 and "FD_ref" in out
     result = json.loads((tmp_path / "j.json").read_text())
     assert result["accuracy"] > 0.98 and result["fd_ref"] < 1e-6
@@ -177,8 +191,9 @@ def test_bad_values_files_and_options_get_one_line_errors(cli, tmp_path, capsys)
 
 def test_run_commands_default_to_the_runs_data_and_refuse_other_sizes(cli, tmp_path):
     assert cli("train", *SMOKE, "--steps", 2, "--out", tmp_path / "run")[0] == 0      # 8×8 digits
-    code, out, _ = cli("classify", tmp_path / "run", "--limit", 10, "--pairs", 2)
+    code, out, err = cli("classify", tmp_path / "run", "--limit", 10, "--pairs", 2)
     assert code == 0 and "digits:test" in out
+    assert "classify:200call" in err.replace(" ", "")     # a progress bar: 10 images × 10 classes × 2 pairs
     assert "trained on (1, 8, 8)" in one_line_error(cli("classify", tmp_path / "run", "--data", "mnist5k", "--limit", 10))
     assert "trained on (1, 8, 8)" in one_line_error(cli("features", tmp_path / "run", "--data", "mnist5k:test",
                                                         "--out", tmp_path / "f.npz"))

@@ -7,7 +7,10 @@ from dataclasses import fields
 import pytest
 import yaml
 
-from diffrep.config import SECTIONS, TrainConfig, load_run_config, make_config, preset, save_config
+import torch
+
+from diffrep.config import SECTIONS, TrainConfig, load_run_config, make_config, preset, read_yaml_config, save_config
+from diffrep.errors import DiffrepError
 
 FLAT_CONFIG_OF_0_1 = """data: digits
 image_size: null
@@ -55,9 +58,19 @@ def test_config_yaml_is_written_in_sections_and_read_back(tmp_path):
     cfg = make_config(preset("smoke"), {"plugins": ["sra"]})
     save_config(cfg, tmp_path / "config.yaml")
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
-    assert list(written) == list(SECTIONS) and written["optim"]["plugins"] == ["sra"]
+    assert list(written) == [*SECTIONS, "provenance"] and written["optim"]["plugins"] == ["sra"]
     assert written["data"]["data"] == "digits" and written["model"]["model"] == "UNet-S"
+    assert written["provenance"]["diffrep"] and written["provenance"]["torch"] == torch.__version__
     assert load_run_config(tmp_path) == cfg
+
+
+def test_a_yaml_alias_bomb_is_a_short_error(tmp_path):
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [f"&{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    bomb = f"lr: [{', '.join(levels)}]\n"     # 9^9 strings once expanded (billion laughs)
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(DiffrepError) as e:
+        make_config(read_yaml_config(tmp_path / "bomb.yaml"))
+    assert "config option lr: expected a number" in str(e.value) and len(str(e.value)) < 300
 
 
 def test_a_flat_config_of_an_earlier_release_still_loads(tmp_path):

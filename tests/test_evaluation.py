@@ -12,6 +12,7 @@ from torch import nn
 from diffrep.evaluation.encoders import encoder_from_module, get_encoder, state_dict_sha256
 from diffrep.evaluation.encoders.resize import resize
 from diffrep.errors import DiffrepError
+from diffrep.data import load_dataset
 from diffrep.evaluation.evaluate import EvalSet, evaluate, load_eval_set
 from diffrep.evaluation.features import FeatureCache, extract_features
 
@@ -213,3 +214,13 @@ def test_features_cli_writes_features_and_spec(cli, tmp_path):
     with np.load(tmp_path / "f.npz") as f:
         assert f["features"].shape == (len(load_eval_set("digits:test").images), 64)
         assert json.loads(str(f["spec"]))["name"] == "pixels"
+
+
+def test_features_of_a_built_in_split_default_to_that_datasets_reference_encoder(cli, tmp_path):
+    code, _, err = cli("features", "digits:test", "--no-cache", "--no-progress", "--out", tmp_path / "f.npz")
+    assert code == 0, err
+    test = load_dataset("digits", split="test")
+    with np.load(tmp_path / "f.npz") as f:
+        assert json.loads(str(f["spec"]))["name"] == "reference"
+        accuracy = (f["logits"].argmax(1) == test.labels.numpy()).mean()
+    assert accuracy > 0.9     # the digits encoder; the MNIST one scores 18% on these

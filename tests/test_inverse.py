@@ -129,8 +129,8 @@ def test_solvers_sample_the_exact_gaussian_posterior_for_every_process(name):
     results = []
     for process in ("flow", "vp", "edm"):
         prior = Prior(GaussianDenoiser(make_process(process)))
-        # EDM's σ stops at 80, DAPS's default starts at 100; N(0, I) data leave ΠGDM's [-1, 1] clip
-        options = {"daps": {"s_max": "80"}, "pigdm": {"clip": "0"}}.get(name, {})
+        # EDM's σ stops at 80, DAPS's default starts at 100; N(0, I) data are not in [-1, 1], ΠGDM's clamp assumes it
+        options = {"daps": {"s_max": "80"}, "pigdm": {"max_correction": "0"}}.get(name, {})
         x = get_solver(name, options).solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
         z = (x - mean) / std
         (lo_s, hi_s), (lo_u, hi_u) = POSTERIOR_Z_STD[name]
@@ -154,16 +154,17 @@ class EpsErrorDenoiser(GaussianDenoiser):
         return Prediction((x - s * eps) / a, eps)
 
 
-def test_pigdm_clips_its_estimate_so_an_eps_nets_jacobian_error_cannot_blow_up():
+def test_pigdm_clamps_its_correction_so_an_eps_nets_jacobian_error_cannot_blow_up():
     op, *_ = _gaussian_problem()
     truth = 0.3 * torch.randn(200, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     y = op(truth) + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(3))
     prior = Prior(EpsErrorDenoiser(make_process("vp")))
-    unclipped = get_solver("pigdm", {"clip": "0"}).solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
-    clipped = get_solver("pigdm").solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
-    assert not torch.isfinite(unclipped).all() or unclipped.abs().max() > 1e3      # the failure the clip prevents
+    free = get_solver("pigdm", {"max_correction": "0"}).solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
+    clamped = get_solver("pigdm").solve(prior, op, y, 0.05, torch.Generator().manual_seed(0))
+    assert not torch.isfinite(free).all() or free.abs().max() > 1e3      # the failure the clamp prevents
     seen = op.mask.expand_as(truth) > 0
-    assert clipped.abs().max() <= 1.0 + 0.02 and (clipped - truth)[seen].std() < 0.1
+    # bounded, and near the measurements (this toy net's error persists at every level, so not as near as an exact net)
+    assert torch.isfinite(clamped).all() and clamped.abs().max() < 10 and (clamped - truth)[seen].std() < 0.25
 
 
 def test_dps_batch_norm_couples_images_and_the_per_sample_norm_does_not():

@@ -42,6 +42,18 @@ def test_options_and_their_errors():
         Trainer(make_config(preset("smoke"), {"model": "DiT-T/4", "plugins": ["umd", "repa"]}), "unused")
 
 
+def test_repa_aligns_with_the_reference_encoder_of_the_training_data():
+    from diffrep.evaluation.encoders import state_dict_sha256
+    from diffrep.reference import load_reference
+
+    (digits,) = build_plugins(["repa"], data="digits")
+    (mnist,) = build_plugins(["repa:data=mnist5k"], data="digits")      # an explicit choice wins
+    assert state_dict_sha256(digits._frozen[0].net.cnn) == state_dict_sha256(load_reference("digits"))
+    assert state_dict_sha256(mnist._frozen[0].net.cnn) == state_dict_sha256(load_reference("mnist5k"))
+    with pytest.raises(DiffrepError, match="repa: the reference encoder is trained on a built-in dataset.*encoder=dinov2"):
+        build_plugins(["repa"], data="my_images.npz")
+
+
 def test_schedules():
     assert schedule_factor("constant", 10**6) == 1.0
     assert schedule_factor("linear:100", 25) == 0.75 and schedule_factor("linear:100", 200) == 0.0

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from diffrep.errors import DiffrepError
-from diffrep.io import atomic_write, fsync_dir
+from diffrep.io import atomic_write, fsync_dir, load_torch_file
 
 WEIGHT_FILES = ("model.safetensors", "ema.safetensors", "heads.safetensors")
 
@@ -48,12 +48,13 @@ class Checkpoint:
         return load_file(str(self.path / f"{which}.safetensors"))
 
     def state(self) -> dict:
-        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
+        return load_torch_file(self.path / "state.pt", "checkpoint state")
 
 
 def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch.Tensor]], state: dict,
-                    identity: dict, keep_last: int) -> Path:
-    """Write ``weights`` (file stem → state dict) and ``state`` atomically as ``step_<step>``; prune to ``keep_last``."""
+                    identity: dict, keep_last: int, model: dict | None = None) -> Path:
+    """Write ``weights`` (file stem → state dict) and ``state`` atomically as ``step_<step>``; prune to ``keep_last``.
+    ``model``: the run's ``model.json`` content, kept in the manifest so that a lost ``model.json`` can be restored."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -67,7 +68,8 @@ def save_checkpoint(run_dir: Path, step: int, weights: dict[str, dict[str, torch
         torch.save(state, f)
     files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
     with atomic_write(tmp / "manifest.json", "w") as f:
-        json.dump({"step": step, "files": files, "identity": identity}, f, indent=1)
+        json.dump({"step": step, "files": files, "identity": identity, **({"model": model} if model else {})}, f,
+                  indent=1)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -96,6 +98,15 @@ def _set_aside(path: Path) -> None:
                   f"moved to {target.name}", stacklevel=3)
 
 
+def remove_partial_checkpoints(run_dir: Path) -> list[str]:
+    """Delete the temporary folders of checkpoints whose writing was killed (never loaded); their names."""
+    root = Path(run_dir) / "checkpoints"
+    partial = sorted(p for p in root.glob(".tmp_step_*") if p.is_dir()) if root.is_dir() else []
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in partial]
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
@@ -103,20 +114,34 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit())
 
 
+REQUIRED_FILES = ("model.safetensors", "ema.safetensors", "state.pt")
+STATE_KEYS = ("optimizer", "step")
+
+
 def verify(path: Path) -> Checkpoint:
-    """Check a checkpoint folder against its manifest; raise :class:`DiffrepError` naming the damage."""
-    manifest_path = path / "manifest.json"
+    """Check a checkpoint folder against its manifest; raise :class:`DiffrepError` naming the damage: a manifest that
+    is unreadable or lacks its fields, a file missing or not matching its hash, a training state without its keys."""
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError):
-        raise DiffrepError(f"checkpoint {path} has no readable manifest.json") from None
-    for name, digest in manifest["files"].items():
+        manifest = json.loads((path / "manifest.json").read_text())
+        files, step = manifest["files"], int(manifest["step"])
+        if not isinstance(files, dict) or not isinstance(manifest["identity"], dict):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DiffrepError(f"checkpoint {path} has no readable manifest.json (with step, files and identity)") from None
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise DiffrepError(f"checkpoint {path}: its manifest lists no {name}")
+    for name, digest in files.items():
         f = path / name
         if not f.is_file():
             raise DiffrepError(f"checkpoint {path} is missing {name}")
         if _sha256(f) != digest:
             raise DiffrepError(f"checkpoint {path}: {name} does not match its hash (truncated or modified on disk)")
-    return Checkpoint(path, int(manifest["step"]), manifest)
+    state = load_torch_file(path / "state.pt", "checkpoint state", mmap=True)
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise DiffrepError(f"checkpoint {path}: state.pt lacks {', '.join(missing)}")
+    return Checkpoint(path, step, manifest)
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint | None:

@@ -61,16 +61,19 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
 
 
 def check_output_path(path: Path | str, overwrite: bool, flag: str = "--out") -> None:
-    """Before any work: a one-line error for an output that exists (unless ``overwrite``), that is a folder, or whose
-    folder cannot be created or written to."""
+    """Before any work: a one-line error for an output that exists (unless ``overwrite``), that is a folder, whose
+    folder cannot be created or written to, or whose name the file system refuses (too long)."""
     path = Path(path)
-    if path.is_dir():
-        raise DiffrepError(f"{flag} {path} is a folder: give the path of a file")
-    if path.exists() and not overwrite:
-        raise DiffrepError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another path")
-    folder = path.absolute().parent
-    while not folder.exists():
-        folder = folder.parent
+    try:
+        if path.is_dir():
+            raise DiffrepError(f"{flag} {path} is a folder: give the path of a file")
+        if path.exists() and not overwrite:
+            raise DiffrepError(f"{flag} {path} exists: pass --overwrite to replace it, or choose another path")
+        folder = path.absolute().parent
+        while not folder.exists():
+            folder = folder.parent
+    except OSError as e:
+        raise DiffrepError(f"{flag} {path}: {e.strerror.lower()}; choose another path") from None
     if not folder.is_dir():
         raise DiffrepError(f"{flag} {path}: {folder} is a file, so no folder can be made there")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -84,7 +87,7 @@ def provenance(run: Path | str | None = None, step: int | None = None) -> dict:
 
     from diffrep import __version__
 
-    out = {"diffrep": __version__, "torch": torch.__version__, "command": "diffrep " + shlex.join(sys.argv[1:]),
+    out = {"diffrep": __version__, "torch": str(torch.__version__), "command": "diffrep " + shlex.join(sys.argv[1:]),
            "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if run is not None:
         out.update(run=str(run), checkpoint_step=step)
@@ -97,3 +100,26 @@ def save_npz(path: Path | str, made_by: dict | None = None, **arrays: np.ndarray
     arrays["provenance"] = np.array(json.dumps(made_by or provenance()))
     with atomic_write(path) as f:
         np.savez(f, **arrays)
+
+
+def load_torch_file(path: Path | str, what: str, mmap: bool = False) -> object:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never code.  A file that holds
+    anything else (a pickled object, possibly malicious) or is not a torch file is a one-line error that names it;
+    it does not repeat PyTorch's advice to load it unsafely."""
+    import pickle
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a raw pickle: judged below
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):     # no object refused: junk or a damaged file
+            raise DiffrepError(f"cannot read {what} {path}: not a torch file, or a damaged one") from None
+        raise DiffrepError(f"{what} {path} holds pickled objects other than tensors: not loaded (diffrep never runs "
+                           "code from a file); save plain tensors (a state dict, or .safetensors)") from None
+    except Exception as err:  # noqa: BLE001 - truncated, not a zip, not a torch file: one line naming the file
+        reason = " ".join(str(err).split())[:200]
+        raise DiffrepError(f"cannot read {what} {path}: {reason}") from None

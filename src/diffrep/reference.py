@@ -59,8 +59,9 @@ def _asset(dataset: str) -> Path:
 
 
 def load_reference(dataset: str = "mnist5k", path: Path | str | None = None) -> ReferenceCNN:
-    """The committed reference encoder for a built-in dataset (or one saved at ``path``)."""
-    from safetensors.torch import load_file
+    """The committed reference encoder for a built-in dataset (or one saved at ``path``: safetensors, or a plain
+    state dict read with ``weights_only``)."""
+    from diffrep.evaluation.encoders.weights import read_state_dict
 
     if path and not Path(path).is_file():
         raise DiffrepError(f"reference encoder weights file not found: {path}")
@@ -68,7 +69,9 @@ def load_reference(dataset: str = "mnist5k", path: Path | str | None = None) -> 
     if not path.is_file():
         raise DiffrepError(f"no committed reference encoder for {dataset!r}: train one with "
                            f"`diffrep reference --data {dataset} --out {path}`")
-    sd = load_file(str(path))
+    sd, _ = read_state_dict(path, "", "reference encoder")
+    if not {"body.0.0.weight", "head.weight"} <= set(sd):
+        raise DiffrepError(f"{path} is not a reference-encoder weights file: it lacks body.0.0.weight and head.weight")
     net = ReferenceCNN(in_channels=sd["body.0.0.weight"].shape[1], num_classes=sd["head.weight"].shape[0])
     missing, unexpected = net.load_state_dict(sd, strict=False)
     if missing or unexpected:

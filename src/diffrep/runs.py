@@ -9,6 +9,7 @@ Every command that reads a model goes through :func:`load_run`.  A run directory
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -16,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from diffrep.checkpoint import latest_checkpoint
+from diffrep.checkpoint import Checkpoint, latest_checkpoint
 from diffrep.config import TrainConfig, load_run_config
 from diffrep.errors import DiffrepError
 from diffrep.nets import UNet, build_net
@@ -51,15 +52,31 @@ def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") ->
     """Load a trained run for sampling/probing: ``(net, process, config, model_info)``; ``weights``: ``ema`` or ``model``."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    info = json.loads((run_dir / "model.json").read_text())
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
+    info = model_info(run_dir, ckpt)
     net = build_model(cfg, tuple(info["image_shape"]), info["num_classes"])
     net.load_state_dict(ckpt.weights(weights))
     info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
     return Run(net.to(pick_device(device)).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling),
                cfg, info)
+
+
+def model_info(run_dir: Path, ckpt: Checkpoint) -> dict:
+    """The run's ``model.json``; where it is missing or damaged, the copy in the checkpoint's manifest (with a warning)."""
+    try:
+        info = json.loads((run_dir / "model.json").read_text())
+        if isinstance(info, dict) and {"image_shape", "num_classes"} <= set(info):
+            return info
+    except (OSError, ValueError):
+        pass
+    if "model" not in ckpt.manifest:
+        raise DiffrepError(f"{run_dir}/model.json is missing or damaged and its checkpoint (written before checkpoints "
+                           "kept a copy) holds none: write it as {\"image_shape\": [C, H, W], \"num_classes\": N}")
+    warnings.warn(f"{run_dir}/model.json is missing or damaged: using the copy in {ckpt.path.name}'s manifest",
+                  stacklevel=3)
+    return ckpt.manifest["model"]
 
 
 def check_images_fit_run(images: torch.Tensor, info: dict, run: Path | str, data: str) -> None:

@@ -13,6 +13,24 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 NET_PRECISION_HELP = "auto (default): bf16 autocast where the device computes bf16 natively, else fp32"
 ENCODER_PRECISION_HELP = "auto (default): fp32, as the published numbers metric encoders are compared with; bf16 is faster"
 
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train", "train a diffusion model"),
+    "quickstart": ("train", "measure the machine, train the preset (or the small plan), sample, judge"),
+    "presets": ("train", "list the presets"),
+    "plugins": ("train", "list the training plug-ins and their options"),
+    "sample": ("sample", "draw samples from a trained run (ADM .npz layout)"),
+    "restore": ("restore", "restore measured images with a run as the prior (RED-diff, DPS, ΠGDM, DDRM, DAPS)"),
+    "translate": ("restore", "image-to-image translation by inversion (CycleDiffusion's DPM-Encoder)"),
+    "eval": ("evaluate", "metrics × encoders between generated and reference images"),
+    "judge": ("evaluate", "reference-encoder accuracy and FD_ref of samples of the embedded data"),
+    "features": ("represent", "features of images: a diffusion run's at (block, t), or a metric encoder's"),
+    "probe": ("represent", "linear and k-NN probes of a run's features at (block, t) and of other backbones"),
+    "classify": ("represent", "zero-shot Diffusion Classifier accuracy of a class-conditional run"),
+    "reference": ("reference", "train the reference encoder of a built-in dataset"),
+}
+"""Command → (the ``diffrep.cli`` module that registers it, its one-line help), in ``diffrep --help`` order.  Only
+the named command's module is imported (and with it torch), so ``--help``, ``--version`` and a typo are fast."""
+
 
 def positive_int(text: str) -> int:
     """argparse type: a whole number ≥ 1 (a count or a size)."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from diffrep.cli.common import (FORMATTER, check_outputs, device_name, encoder_precision, encoder_weights, examples,
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, device_name, encoder_precision, encoder_weights, examples,
                                 feature_cache, parents, positive_int, write_json)
 
 
 def register(sub) -> None:
     from diffrep.evaluation import DEFAULT_METRICS, ENCODERS, METRICS
 
-    e = sub.add_parser("eval", help="metrics × encoders between generated and reference images", formatter_class=FORMATTER,
+    e = sub.add_parser("eval", help=COMMANDS["eval"][1], formatter_class=FORMATTER,
                        parents=parents(batch_size=100, precision="encoder", encoder=True, cache=True, outputs=True),
                        description="Evaluate GEN against REF. GEN/REF: a folder of images, an .npz (ADM layout: arr_0 "
                                    "images; REF may hold only mu/sigma), a run directory (its samples.npz) or a "
@@ -39,14 +39,15 @@ def register(sub) -> None:
     e.add_argument("--out", type=Path, help="write the rows (values, params, encoder specs) as JSON")
     e.set_defaults(handler=cmd_eval)
 
-    j = sub.add_parser("judge", help="reference-encoder accuracy and FD_ref of samples of the embedded data",
+    j = sub.add_parser("judge", help=COMMANDS["judge"][1],
                        formatter_class=FORMATTER,
                        parents=parents(device=False, progress=False, outputs=True),
                        description="The judge's reference encoder is a metric encoder: it always computes in fp32.",
-                       epilog=examples("diffrep judge samples.npz", "diffrep judge samples.npz --json judge.json"))
+                       epilog=examples("diffrep judge samples.npz", "diffrep judge samples.npz --out judge.json"))
     j.add_argument("samples", help="an .npz (arr_0 [+ arr_1]) or a folder of images")
     j.add_argument("--data", default="mnist5k", choices=("mnist5k", "digits"), help="whose reference encoder and test split")
-    j.add_argument("--json", type=Path, help="also write the numbers here")
+    j.add_argument("--out", "--json", dest="out", type=Path, help="also write the numbers here as JSON (--json: the "
+                   "former name)")
     j.set_defaults(handler=cmd_judge)
 
 
@@ -103,9 +104,9 @@ def cmd_judge(a) -> int:
     from diffrep.data import load_dataset
     from diffrep.reference import judge
 
-    check_outputs(a, "json")
+    check_outputs(a, "out")
     result = judge(load_dataset(a.samples), a.data).as_dict()
     print(judge_table([(Path(a.samples).name, result)]))
-    if a.json:
-        write_json(a.json, result)
+    if a.out:
+        write_json(a.out, result)
     return 0

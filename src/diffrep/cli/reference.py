@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffrep.cli.common import FORMATTER, check_outputs, examples, parents, positive_int
+from diffrep.cli.common import COMMANDS, FORMATTER, check_outputs, examples, parents, positive_int
 from diffrep.errors import DiffrepError
 
 
 def register(sub) -> None:
-    r = sub.add_parser("reference", help="train the reference encoder of a built-in dataset", formatter_class=FORMATTER,
+    r = sub.add_parser("reference", help=COMMANDS["reference"][1], formatter_class=FORMATTER,
                        parents=parents(device=False, progress=False, outputs=True),
                        description="Writes the weights to --out (.safetensors) and a JSON card beside them (.json).",
                        epilog=examples("diffrep reference --data digits --out reference-digits.safetensors"))

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from diffrep.cli.common import (FORMATTER, device_name, encoder_precision, encoder_weights, examples, feature_cache,
+from diffrep.cli.common import (COMMANDS, FORMATTER, device_name, encoder_precision, encoder_weights, examples, feature_cache,
                                 check_outputs, floats, parents, positive_float, positive_int, startup, write_json)
 from diffrep.errors import DiffrepError
 
@@ -15,7 +15,7 @@ def register(sub) -> None:
     from diffrep.evaluation import ENCODERS
     from diffrep.represent import POOLS, SCHEDULES
 
-    f = sub.add_parser("features", help="features of images: a diffusion run's at (block, t), or a metric encoder's",
+    f = sub.add_parser("features", help=COMMANDS["features"][1],
                        formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, encoder=True, cache=True, outputs=True),
                        description="SOURCE a run directory: the diffusion model's pooled hidden states of --data at "
                                    "every (--blocks, --t) pair. Otherwise SOURCE is images (a folder, an .npz or a "
@@ -29,7 +29,8 @@ def register(sub) -> None:
     f.add_argument("--data", help="run source: the images (a built-in split, folder or .npz; default: the test split "
                                   "of the run's built-in dataset)")
     _add_feature_options(f, POOLS, "run source: ")
-    f.add_argument("--encoder", choices=list(ENCODERS), help="images source: the metric encoder (default reference)")
+    f.add_argument("--encoder", choices=list(ENCODERS), help="images source: the metric encoder (default: the reference encoder of a "
+                   "built-in split, inception for other images)")
     f.add_argument("--image-size", type=positive_int)
     f.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): a run's net in bf16 where the device computes bf16 natively, else fp32; "
@@ -37,7 +38,7 @@ def register(sub) -> None:
     f.add_argument("--out", type=Path, required=True, help=".npz with 'features' (and 'logits'), plus the spec as JSON")
     f.set_defaults(handler=cmd_features)
 
-    pr = sub.add_parser("probe", help="linear and k-NN probes of a run's features at (block, t) and of other backbones",
+    pr = sub.add_parser("probe", help=COMMANDS["probe"][1],
                         formatter_class=FORMATTER, parents=parents(seed=0, precision="net", outputs=True),
                         epilog=examples("diffrep probe runs/qs --backbones diffusion,reference,pixels --out probe.json "
                                         "--heatmap probe.png",
@@ -53,9 +54,9 @@ def register(sub) -> None:
     pr.add_argument("--heatmap", type=Path, help="PNG of accuracy over (block, t) (needs matplotlib)")
     pr.set_defaults(handler=cmd_probe)
 
-    c = sub.add_parser("classify", help="zero-shot Diffusion Classifier accuracy of a class-conditional run",
+    c = sub.add_parser("classify", help=COMMANDS["classify"][1],
                        formatter_class=FORMATTER,
-                       parents=parents(progress=False, seed=0, batch_size=250, precision="net", outputs=True,
+                       parents=parents(seed=0, batch_size=250, precision="net", outputs=True,
                                        batch_help="network inputs per forward (250: fastest on CPU here)"),
                        epilog=examples("diffrep classify runs/qs --data mnist5k --split test --limit 200",
                                        "diffrep classify runs/qs --schedule racing --pairs 32 --out c.json",
@@ -63,7 +64,8 @@ def register(sub) -> None:
     c.add_argument("run", type=Path)
     c.add_argument("--data", choices=("mnist5k", "digits"), help="default: the run's dataset")
     c.add_argument("--split", default="test", choices=("train", "test"))
-    c.add_argument("--limit", type=positive_int, help="classify this many class-balanced images of the split")
+    c.add_argument("--n", "--limit", dest="limit", type=positive_int,
+                   help="classify this many class-balanced images of the split (--limit: the former name)")
     c.add_argument("--pairs", type=positive_int, default=32, help="(t, ε) pairs per image on an even t grid")
     c.add_argument("--schedule", choices=SCHEDULES, default="exhaustive")
     c.add_argument("--rounds", help="adaptive: pairs:keep,… e.g. 8:5,32:1 (default pairs/10:classes/2,pairs:1)")
@@ -90,14 +92,15 @@ def cmd_features(a) -> int:
     import numpy as np
 
     from diffrep import distributed
+    from diffrep.cli.evaluate import default_encoder
     from diffrep.evaluation import extract_features, get_encoder
     from diffrep.io import save_npz
 
     check_outputs(a, "out")
     if (Path(a.source) / "config.yaml").is_file() and a.encoder is None:
         return _run_features(a)
-    name = a.encoder or "reference"
-    encoder = get_encoder(name, encoder_weights(a.encoder_weights, [name]).get(name), a.resize)
+    name = a.encoder or default_encoder(a.source)
+    encoder = get_encoder(name, encoder_weights(a.encoder_weights, [name]).get(name), a.resize, data=a.source)
     images = _images_to_encode(a.source, a.image_size)
     precision = encoder_precision(a)
     encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=precision,
@@ -194,7 +197,7 @@ def cmd_classify(a) -> int:
     r = classify_run(a.run, data=a.data, split=a.split, limit=a.limit, pairs=a.pairs, schedule=a.schedule,
                      time_weights=a.time_weights, fit_images=a.fit_images, rounds=_rounds(a.rounds), z=a.z,
                      norm=a.norm, seed=a.seed, batch_size=a.batch_size, precision=a.precision, device=a.device,
-                     on_start=startup)
+                     on_start=startup, progress=not a.no_progress)
     print(f"{r['data']}: accuracy {100 * r['accuracy']:.2f}% on {r['n']} images, {r['calls_per_image']:.0f} network "
           f"calls per image ({r['schedule']}; exhaustive {r['exhaustive_calls']}), {r['images_per_s']:.2f} images/s")
     if a.out:

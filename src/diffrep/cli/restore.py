@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffrep.cli.common import (FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
                                 startup, write_json)
 from diffrep.errors import DiffrepError
 
@@ -14,7 +14,7 @@ def register(sub) -> None:
     from diffrep.inverse import SOLVERS, TASKS
 
     tasks = "\n".join(f"  {name:15s} {what}; options {opts or '—'}" for name, (what, opts) in TASKS.items())
-    r = sub.add_parser("restore", help="restore measured images with a run as the prior (RED-diff, DPS, ΠGDM, DDRM, DAPS)",
+    r = sub.add_parser("restore", help=COMMANDS["restore"][1],
                        formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, precision="net", outputs=True,
                                                                   batch_help="inputs per batch (each with its K draws)"),
                        description="Measure N images of --data with --task (y = A x + σ_y·n), restore each K times with "
@@ -45,7 +45,7 @@ def register(sub) -> None:
     r.add_argument("--json", type=Path, help="also write the metrics as JSON")
     r.set_defaults(handler=cmd_restore)
 
-    t = sub.add_parser("translate", help="image-to-image translation by inversion (CycleDiffusion's DPM-Encoder)",
+    t = sub.add_parser("translate", help=COMMANDS["translate"][1],
                        formatter_class=FORMATTER, parents=parents(seed=0, batch_size=100, precision="net", outputs=True),
                        description="Encode N images of --data into the noises of the SOURCE run's ancestral sampler and "
                                    "decode them with the TARGET run. Labels: none (the null class), true (the images' "

@@ -7,7 +7,7 @@ import math
 import warnings
 from pathlib import Path
 
-from diffrep.cli.common import (FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
                                 startup)
 from diffrep.errors import DiffrepError
 
@@ -19,7 +19,7 @@ CFG_SUSPICIOUS = 20.0
 def register(sub) -> None:
     from diffrep.samplers import SAMPLERS
 
-    s = sub.add_parser("sample", help="draw samples from a trained run (ADM .npz layout)", formatter_class=FORMATTER,
+    s = sub.add_parser("sample", help=COMMANDS["sample"][1], formatter_class=FORMATTER,
                        parents=parents(seed=0, batch_size=250, precision="net", outputs=True),
                        epilog=examples("diffrep sample runs/x --n 1000 --sampler euler --steps 50 --out samples.npz "
                                        "--grid grid.png",

@@ -8,7 +8,7 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from diffrep.cli.common import (FORMATTER, examples, non_negative_int, parents, positive_float, positive_int, startup,
+from diffrep.cli.common import (COMMANDS, FORMATTER, examples, non_negative_int, parents, positive_float, positive_int, startup,
                                  write_json)
 from diffrep.errors import DiffrepError
 
@@ -49,23 +49,26 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def register(sub) -> None:
     from diffrep.config import PRESETS
 
-    t = sub.add_parser("train", help="train a diffusion model", formatter_class=FORMATTER,
+    t = sub.add_parser("train", help=COMMANDS["train"][1], formatter_class=FORMATTER,
                        parents=parents(precision=None),
                        description="Train a diffusion model. Options: defaults ← --preset ← --config YAML ← flags.",
                        epilog=examples("diffrep train --data mnist5k --model UNet-S --process flow --steps 2000 "
                                        "--batch-size 128 --out runs/x",
                                        "diffrep train --preset dit-tiny --out runs/dit",
                                        "diffrep train --out runs/x --steps 4000 --resume   # extend a finished run",
+                                       "diffrep train --preset quickstart --out runs/x --resume auto   # start or continue",
                                        "diffrep train --config my.yaml --out runs/y"))
     t.add_argument("--out", required=True, type=Path, help="run directory (created; must not hold a run unless --resume)")
     t.add_argument("--preset", choices=list(PRESETS), help="start from a named preset (see `diffrep presets`)")
     t.add_argument("--config", type=Path, help="YAML file of options (keys as the flags, with _ or -; flat or in "
                    "the sections of a run's config.yaml)")
-    t.add_argument("--resume", action="store_true", help="continue from the run's last good checkpoint")
+    t.add_argument("--resume", nargs="?", const=True, default=False, type=resume_mode, metavar="auto",
+                   help="continue from the run's last good checkpoint; --resume auto: continue if --out holds a run, "
+                        "else start one (for jobs that are restarted by a scheduler)")
     add_config_flags(t)
     t.set_defaults(handler=cmd_train)
 
-    q = sub.add_parser("quickstart", help="measure the machine, train the preset (or the small plan), sample, judge",
+    q = sub.add_parser("quickstart", help=COMMANDS["quickstart"][1],
                        formatter_class=FORMATTER, parents=parents(),
                        epilog=examples("diffrep quickstart", "diffrep quickstart --size preset --out runs/qs2",
                                        "diffrep quickstart --out runs/qs3 --size small --steps 500"))
@@ -82,19 +85,27 @@ def register(sub) -> None:
                    help="torch.compile the net (off in the preset: over 800 CPU steps compiling costs more than it saves)")
     q.set_defaults(handler=cmd_quickstart)
 
-    sub.add_parser("presets", help="list the presets", epilog=examples("diffrep presets"),
+    sub.add_parser("presets", help=COMMANDS["presets"][1], epilog=examples("diffrep presets"),
                    formatter_class=FORMATTER).set_defaults(handler=cmd_presets)
-    sub.add_parser("plugins", help="list the training plug-ins and their options", formatter_class=FORMATTER,
+    sub.add_parser("plugins", help=COMMANDS["plugins"][1], formatter_class=FORMATTER,
                    epilog=examples("diffrep plugins", "diffrep train --preset dit-tiny --plugin repa:depth=2,weight=0.5 "
                                    "--out runs/repa")).set_defaults(handler=cmd_plugins)
+
+
+def resume_mode(text: str) -> str:
+    """argparse type of ``--resume``'s optional value: only ``auto``."""
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"--resume takes no value or 'auto', got {text!r}")
+    return text
 
 
 def cmd_train(a) -> int:
     from diffrep.config import FIELD_NAMES, load_run_config, make_config, preset, read_yaml_config
     from diffrep.train import Trainer
+    from diffrep.train.rundir import folder_state
 
     flags = {k: getattr(a, k) for k in FIELD_NAMES}
-    if a.resume and not (a.preset or a.config):
+    if a.resume and folder_state(a.out) == "run" and not (a.preset or a.config):
         base = {**vars(load_run_config(a.out)), "precision": "auto"}  # auto on a resume: the recorded precision
         cfg = make_config(base, flags)
     else:
@@ -102,6 +113,7 @@ def cmd_train(a) -> int:
     trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device, progress=not a.no_progress)
     if trainer.world.is_main:
         startup(trainer.precision)
+        print(trainer.describe(), file=sys.stderr)
     step = trainer.run()
     if trainer.world.is_main:
         print(f"trained {step} steps → {a.out} ({run_contents(a.out)})")

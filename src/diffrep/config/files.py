@@ -7,6 +7,7 @@ Layers merge in order: defaults ← preset ← YAML file (``--config``) ← comm
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,11 +17,18 @@ from diffrep.config.options import FIELD_NAMES, FIELD_SECTIONS, FIELD_TYPES, SEC
 from diffrep.errors import DiffrepError
 
 
+PROVENANCE = "provenance"
+"""A run's ``config.yaml`` records what wrote it under this key (versions, command line, time): not an option."""
+
+
 def flatten_sections(values: dict) -> dict:
     """``{"optim": {"lr": 1e-3}, "data": "mnist5k"}`` → ``{"lr": 1e-3, "data": "mnist5k"}``: a section is a
-    section name whose value is a mapping (``data`` and ``model`` are also options, whose values never are)."""
+    section name whose value is a mapping (``data`` and ``model`` are also options, whose values never are); the
+    ``provenance`` record is dropped."""
     flat: dict = {}
     for key, value in values.items():
+        if key == PROVENANCE:
+            continue
         if key in SECTIONS and isinstance(value, dict):
             flat.update(value)
         else:
@@ -79,7 +87,15 @@ def _typed(name: str, value: object) -> object:
         return list(value)
     expected = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a string",
                 "list[str]": "a list of strings, e.g. [\"repa:depth=2\"]"}[base]
-    raise DiffrepError(f"config option {name}: expected {expected}, got {value!r}")
+    raise DiffrepError(f"config option {name}: expected {expected}, got {_short(value)}")
+
+
+def _short(value: object, width: int = 80) -> str:
+    """A bounded ``repr`` (two levels, four items each, ``width`` characters), even for a YAML alias bomb."""
+    shorten = reprlib.Repr()
+    shorten.maxlevel, shorten.maxlist, shorten.maxdict = 2, 4, 4
+    text = shorten.repr(value)
+    return text if len(text) <= width else text[:width] + "…"
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
@@ -94,10 +110,11 @@ def sectioned(cfg: TrainConfig) -> dict:
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:
-    from diffrep.io import atomic_write
+    """``cfg`` in sections, with the ``provenance`` of the command that writes it, atomically."""
+    from diffrep.io import atomic_write, provenance
 
     with atomic_write(path, "w") as f:
-        yaml.safe_dump(sectioned(cfg), f, sort_keys=False)
+        yaml.safe_dump({**sectioned(cfg), PROVENANCE: provenance()}, f, sort_keys=False)
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:

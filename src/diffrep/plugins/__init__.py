@@ -72,13 +72,20 @@ def parse_plugin(spec: str) -> tuple[str, object]:
     return name, options
 
 
-def build_plugins(specs: list[str]) -> list[Plugin]:
-    """Plug-ins from their specs, in order; a name may appear once."""
+def build_plugins(specs: list[str], data: str | None = None) -> list[Plugin]:
+    """Plug-ins from their specs, in order; a name may appear once.  ``data`` (the training data's spec) fills the
+    ``data`` option of plug-ins that have one and were not given it: the ``reference`` encoder is that data's."""
     parsed = [parse_plugin(s) for s in specs]
     names = [n for n, _ in parsed]
     if len(set(names)) != len(names):
         raise DiffrepError(f"a plug-in is given twice: {', '.join(specs)}")
-    return [PLUGINS[name][0](options) for name, options in parsed]
+    return [PLUGINS[name][0](_with_data(options, data)) for name, options in parsed]
+
+
+def _with_data(options, data: str | None):
+    if data and "data" in {f.name for f in dataclasses.fields(options)} and not options.data:
+        return dataclasses.replace(options, data=data)
+    return options
 
 
 def describe_plugins() -> str:

@@ -21,6 +21,7 @@ class ErwOptions:
     half_life: int = 500            # h, in steps (scaled to the embedded data's run lengths)
     warmup_steps: int = 200         # phase 1
     proj_dim: int = 512
+    data: str = ""                  # whose `reference` encoder: a built-in dataset ("": the training data)
 
     @property
     def schedule(self) -> str:

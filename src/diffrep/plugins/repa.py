@@ -20,6 +20,7 @@ class RepaOptions:
     weight: float = 0.5             # λ
     proj_dim: int = 512             # projector width (paper: 2048, for D = 1152)
     schedule: str = "constant"
+    data: str = ""                  # whose `reference` encoder: a built-in dataset ("": the training data)
 
 
 class REPA(Plugin):
@@ -42,7 +43,14 @@ class REPA(Plugin):
 
         self.options = options
         self.taps = (f"block{options.depth}",)
-        encoder = get_encoder(options.encoder, options.encoder_weights or None)
+        if options.encoder == "reference" and not options.encoder_weights and options.data:
+            from diffrep.data import BUILTIN
+
+            if options.data.partition(":")[0] not in BUILTIN:
+                raise DiffrepError(f"{self.name}: the reference encoder is trained on a built-in dataset, not on "
+                                   f"{options.data}: pass {self.name}:encoder=dinov2-s14 (or another encoder with a "
+                                   f"token grid), {self.name}:data=mnist5k, or {self.name}:encoder_weights=PATH")
+        encoder = get_encoder(options.encoder, options.encoder_weights or None, data=options.data or None)
         if not encoder.has_tokens:
             raise DiffrepError(f"repa: the {options.encoder} encoder has no token grid; use reference or dinov2-*")
         self._frozen = [encoder]          # a plain list: not a sub-module, so not optimised or checkpointed

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
@@ -61,11 +62,12 @@ def spread_order(pairs: int) -> torch.Tensor:
 
 class PairErrors:
     """Per-(image, class, pair) denoising errors, computed lazily and cached, in batched forwards; ``space``
-    encodes the ``uint8`` images into the net's ``x0`` (the pixel space by default)."""
+    encodes the ``uint8`` images into the net's ``x0`` (the pixel space by default); ``on_calls(k)`` is told of every
+    ``k`` network calls (a progress bar)."""
 
     def __init__(self, net: torch.nn.Module, process: Process, images: torch.Tensor, num_classes: int, *,
                  pairs: int, seed: int = 0, norm: str = "l2", autocast: bool = True, max_batch: int = 250,
-                 space: Space | None = None):
+                 space: Space | None = None, on_calls: Callable[[int], object] | None = None):
         if norm not in NORMS:
             raise DiffrepError(f"unknown error norm {norm!r}: choose one of {', '.join(NORMS)}")
         self.process, self.norm, self.max_batch, self.seed = process, norm, max_batch, seed
@@ -75,6 +77,7 @@ class PairErrors:
         self.times = pair_times(process, pairs)
         self.errors = torch.full((len(images), num_classes, pairs), float("nan"))
         self.requested = torch.zeros(self.errors.shape, dtype=torch.bool)
+        self.on_calls = on_calls
 
     @property
     def calls(self) -> torch.Tensor:
@@ -111,6 +114,8 @@ class PairErrors:
             diff = (raw - self.process.target(x0, eps, t)).flatten(1)
             err = diff.pow(2).mean(1) if self.norm == "l2" else diff.abs().mean(1)
             self.errors[img, cls.cpu(), pair] = err.cpu()
+            if self.on_calls is not None:
+                self.on_calls(len(chunk))
 
 
 @dataclass
@@ -210,7 +215,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
                  pairs: int = 32, schedule: str = "exhaustive", time_weights: str = "uniform", fit_images: int = 100,
                  rounds: list[tuple[int, int]] | None = None, z: float = 3.0, norm: str = "l2", seed: int = 0,
                  batch_size: int = 250, precision: str = "auto", device: str = "auto",
-                 on_start: Callable[[Precision], None] | None = None) -> dict:
+                 on_start: Callable[[Precision], None] | None = None, progress: bool = True) -> dict:
     """Classify a built-in split (``data``; default: the run's own dataset) with a class-conditional run; returns
     accuracy, calls per image, images/s and, with ``time_weights="fitted"``, the weights and temperature fitted
     on ``fit_images`` train images."""
@@ -235,11 +240,12 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
     if limit:
         images = images.subset(balanced_subset(images.labels, min(limit, len(images))))
     weights, order, temperature, fitted = torch.ones(pairs), None, None, {}
+    bar = tqdm(desc="classify", unit="call", disable=not progress, dynamic_ncols=True)
     if time_weights == "fitted" or schedule == "racing":
         fit = load_builtin(data, "train")
         fit = fit.subset(balanced_subset(fit.labels, fit_images))
         pe_fit = PairErrors(net, process, fit.images, info["num_classes"], pairs=pairs, seed=seed + 1, norm=norm,
-                            autocast=autocast, max_batch=batch_size)
+                            autocast=autocast, max_batch=batch_size, on_calls=bar.update)
         fitted_weights = fit_time_weights(pe_fit, fit.labels)
         if time_weights == "fitted":
             weights = fitted_weights
@@ -248,9 +254,10 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
         fitted = {"fit_images": fit_images, "time_weights": fitted_weights.tolist(), "temperature": temperature}
     start = time.perf_counter()
     pe = PairErrors(net, process, images.images, info["num_classes"], pairs=pairs, seed=seed, norm=norm,
-                    autocast=autocast, max_batch=batch_size)
+                    autocast=autocast, max_batch=batch_size, on_calls=bar.update)
     result = classify(pe, schedule=schedule, weights=weights, rounds=rounds, z=z, order=order)
     seconds = time.perf_counter() - start
+    bar.close()
     return {"run": str(run), "data": f"{data}:{split}", "n": len(images), "pairs": pairs, "schedule": schedule,
             "time_weights": time_weights, "norm": norm, "seed": seed,
             "accuracy": float((result.predictions == images.labels).float().mean()),

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -25,8 +24,8 @@ import torch
 from torch import nn
 
 from diffrep import distributed
-from diffrep.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
-from diffrep.config import RESUMABLE_FIELDS, TrainConfig, config_diff, load_run_config, save_config
+from diffrep.checkpoint import latest_checkpoint, remove_partial_checkpoints, save_checkpoint
+from diffrep.config import TrainConfig, load_run_config, save_config
 from diffrep.data import get_space, load_dataset
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write, provenance
@@ -40,6 +39,7 @@ from diffrep.runtime import CompiledOrEager, pick_device, use_deterministic_kern
 from diffrep.train.batches import PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch, slice_batch, step_generator
 from diffrep.train.objectives import Denoising, Objective
 from diffrep.train.optim import make_optimizer
+from diffrep.train.rundir import check_resumable, folder_state, lock_run_dir, trim_metrics
 from diffrep.train.periodic import PeriodicEval, log_record, sample_grid
 from diffrep.train.schedules import ema_decay_at, lr_at
 from diffrep.train.signals import StopRequest
@@ -57,7 +57,7 @@ class TrainingDiverged(DiffrepError):
 class Trainer:
     """Trains ``cfg`` into ``out``; ``run()`` returns the final step."""
 
-    def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False, plugins: list[Plugin] | None = None,
+    def __init__(self, cfg: TrainConfig, out: Path, resume: bool | str = False, plugins: list[Plugin] | None = None,
                  device: str = "auto", progress: bool = True, objective: Objective | None = None):
         self.world = distributed.current()
         if cfg.batch_size % (self.world.size * cfg.grad_accum):
@@ -72,7 +72,7 @@ class Trainer:
                                "gradients in that layout; drop --channels-last (it is slower on the CPU anyway)")
         if cfg.deterministic:
             use_deterministic_kernels()
-        self.plugins = nn.ModuleList(build_plugins(cfg.plugins) if plugins is None else plugins)
+        self.plugins = nn.ModuleList(build_plugins(cfg.plugins, cfg.data) if plugins is None else plugins)
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
         self.space = get_space()
         self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
@@ -123,40 +123,31 @@ class Trainer:
         return chosen
 
     # ---- run directory -------------------------------------------------------------
-    def _open_run_dir(self, resume: bool):
+    def _open_run_dir(self, resume: bool | str):
         """Check the run folder before any work: the checkpoint to resume from (``None`` for a new run).
 
-        A folder that died before its first checkpoint (only the run's start-up files) starts over, with or
-        without ``--resume``; a non-empty folder that is not a diffrep run is never written into."""
-        if self.out.exists() and not self.out.is_dir():
-            raise DiffrepError(f"--out {self.out} is a file: give the path of a folder for the run")
-        ckpt = latest_checkpoint(self.out)
-        started = (self.out / "config.yaml").exists()
-        if ckpt is None and started and not list_checkpoints(self.out):
-            if self.world.is_main:
-                warnings.warn(f"{self.out} holds a run that stopped before its first checkpoint: starting it over",
-                              stacklevel=3)
-            resume = started = False
-        elif ckpt is None and not started and self.out.is_dir() and any(p.name != LOCK for p in self.out.iterdir()):
+        ``resume``: ``True`` continues the run (an error where there is none), ``"auto"`` continues one if there
+        is one and starts one if not.  A run that died before its first checkpoint starts over either way; a
+        non-empty folder that is not a diffrep run is never written into."""
+        state = folder_state(self.out)
+        if state == "foreign":
             raise DiffrepError(f"--out {self.out} is a folder that is not empty and holds no diffrep run: choose a "
                                "new or empty folder (diffrep never writes into a foreign folder)")
+        if state == "unstarted" and self.world.is_main:
+            warnings.warn(f"{self.out} holds a run that stopped before its first checkpoint: starting it over",
+                          stacklevel=3)
         self._lock = lock_run_dir(self.out) if self.world.is_main else None
-        if resume:
-            if ckpt is None:
-                fix = ("start a new run with another --out" if started
-                       else "run without --resume to start a new run")
-                raise DiffrepError(f"--resume: no usable checkpoint in {self.out / 'checkpoints'}; {fix}")
-            if ckpt.step > self.cfg.steps:
-                raise DiffrepError(f"--resume --steps {self.cfg.steps}: the run is already at step {ckpt.step}; "
-                                   f"give --steps above {ckpt.step} to extend it (a run never trains backwards)")
-            old = load_run_config(self.out).identity()
-            stored = {k: v for k, v in ckpt.manifest["identity"].items() if k not in RESUMABLE_FIELDS}  # made resumable since
-            diff = config_diff(stored, self.cfg.identity()) or config_diff(old, self.cfg.identity())
-            if diff:
-                raise DiffrepError(f"--resume: the checkpoint in {self.out} was trained with a different config ({'; '.join(diff)}); "
-                                   "use the same options or a new --out")
-        elif ckpt is not None or started:
+        if self.world.is_main and (partial := remove_partial_checkpoints(self.out)):
+            warnings.warn(f"removed {len(partial)} checkpoint(s) whose writing was interrupted: {', '.join(partial)}",
+                          stacklevel=3)
+        ckpt = latest_checkpoint(self.out) if state == "run" else None
+        if resume is True and state == "new":
+            raise DiffrepError(f"--resume: {self.out} holds no run to continue; run without --resume (or with "
+                               "--resume auto) to start one")
+        if state == "run" and not resume:
             raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out")
+        if state == "run":
+            check_resumable(self.out, ckpt, self.cfg)
         else:
             self.cfg.refuse_ignored_options()
             if self.world.is_main:
@@ -170,10 +161,8 @@ class Trainer:
         if self.world.is_main:
             save_config(self.cfg, self.out / "config.yaml")
             with atomic_write(self.out / "model.json", "w") as f:
-                json.dump({"image_shape": list(self.data.shape), "num_classes": self.num_classes,
-                           "model": self.cfg.model, "process": self.process.describe(), "provenance": provenance()},
-                          f, indent=1)
-            self._trim_metrics()
+                json.dump({**self.model_info(), "provenance": provenance()}, f, indent=1)
+            trim_metrics(self.out / "metrics.jsonl", self.step)
         distributed.barrier()
 
     def _initialize_plugins(self) -> None:
@@ -191,15 +180,6 @@ class Trainer:
         """The ``k``-th batch of a plug-in's warm-up: the global batch, on the device, with its own draws."""
         batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM, self.space)
         return slice_batch(batch, slice(None), self.device)
-
-    def _trim_metrics(self) -> None:
-        """Drop log lines past the resumed step, so a resumed run's log has each step once."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        lines = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= self.step]
-        with atomic_write(path, "w") as f:
-            f.write("".join(ln + "\n" for ln in lines))
 
     def _load(self, ckpt) -> None:
         for module, name in ((self.net, "model"), (self.ema, "ema")):
@@ -223,7 +203,20 @@ class Trainer:
         if self.plugins:
             weights["heads"] = self.plugins.state_dict()
         state = {"step": self.step, "optimizer": optimizer, "plugins": [p.extra_state() for p in self.plugins]}
-        return save_checkpoint(self.out, self.step, weights, state, self.cfg.identity(), self.cfg.keep_last)
+        return save_checkpoint(self.out, self.step, weights, state, self.cfg.identity(), self.cfg.keep_last,
+                               model=self.model_info())
+
+    def describe(self) -> str:
+        """The start-up line: what trains, on what, where, and from which step."""
+        params = sum(p.numel() for p in self.net.parameters()) / 1e6
+        start = f"resuming at step {self.step}" if self.step else "a new run"
+        return (f"train: {self.cfg.model} ({params:.2f}M parameters), {self.cfg.process}, {self.cfg.data} "
+                f"({len(self.data):,} images) → {self.out}: {start}, to step {self.cfg.steps}")
+
+    def model_info(self) -> dict:
+        """What ``model.json`` holds (a copy goes into each checkpoint's manifest): image shape, classes, model, process."""
+        return {"image_shape": list(self.data.shape), "num_classes": self.num_classes, "model": self.cfg.model,
+                "process": self.process.describe()}
 
     @torch.no_grad()
     def sampling_net(self) -> nn.Module:
@@ -393,35 +386,3 @@ class Trainer:
     def save_grid(self) -> Path | None:
         """Draw the EMA's sample grid now (:func:`~diffrep.train.periodic.sample_grid`)."""
         return sample_grid(self)
-
-
-def _logged_step(line: str) -> float:
-    """The step of a ``metrics.jsonl`` line; ``inf`` (dropped) for a blank or torn one, as a full disk leaves."""
-    try:
-        return json.loads(line).get("step", 0) if line.strip() else math.inf
-    except json.JSONDecodeError:
-        return math.inf
-
-
-LOCK = ".lock"
-"""The run folder's lock file (empty; the lock is the open file's ``flock``)."""
-
-
-def lock_run_dir(out: Path):
-    """An exclusive lock on a run folder for as long as the returned file stays open.  The OS drops it when the
-    process ends, however it ends, so a killed run leaves no stale lock; a second training into the folder is
-    refused instead of mixing checkpoints, config and logs."""
-    import fcntl
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        handle = open(out / LOCK, "a")
-    except OSError as e:
-        raise DiffrepError(f"--out {out}: cannot write there ({e.strerror}); choose a folder you can write to") from None
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise DiffrepError(f"{out} is being trained by another process right now: wait for it to finish, or "
-                           "choose another --out") from None
-    return handle

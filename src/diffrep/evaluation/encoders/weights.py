@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from diffrep.errors import DiffrepError
+from diffrep.io import load_torch_file
 
 
 def read_state_dict(weights: str | Path | None, url: str, what: str) -> tuple[dict[str, Tensor], str]:
@@ -27,14 +28,13 @@ def read_state_dict(weights: str | Path | None, url: str, what: str) -> tuple[di
     path = Path(weights)
     if not path.is_file():
         raise DiffrepError(f"{what} weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix != ".safetensors":
+        return load_torch_file(path, f"{what} weights file"), str(path)
+    from safetensors.torch import load_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a state dict, pickled code
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # truncated or not a safetensors file
         reason = " ".join(str(err).split())
         raise DiffrepError(f"cannot read {what} weights file {path}: {reason}") from None
     return state, str(path)
