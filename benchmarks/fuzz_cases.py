@@ -155,7 +155,6 @@ def _interrupted(signal_number: int) -> Callable[[Workspace], list]:
     """A smoke training of 400 steps in another process, stopped by ``signal_number`` once it has checkpointed;
     the case continues it with ``--resume``."""
     def setup(ws: Workspace) -> list:
-        import signal
         import subprocess
         import sys
         import time

@@ -48,3 +48,9 @@ def test_an_output_name_the_file_system_refuses_is_a_one_line_error_before_any_w
     out = tmp_path / ("x" * 300 + ".npz")
     code, _, err = cli("features", "digits:test", "--encoder", "pixels", "--no-cache", "--no-progress", "--out", out)
     assert code == 2 and "file name too long; choose another path" in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_that_is_a_file_but_not_an_npz_is_named_as_such(cli, tmp_path):
+    (tmp_path / "result.json").write_text("{}")
+    code, _, err = cli("judge", tmp_path / "result.json")
+    assert code == 2 and "result.json' is a file, not an .npz or a folder" in err

@@ -155,7 +155,8 @@ def load_folder(path: Path, image_size: int | None = None) -> ImageSet:
 
     path = Path(path)
     if not path.is_dir():
-        raise DiffrepError(f"data folder {str(path)!r} does not exist: pass a folder of images, an .npz or one of {', '.join(BUILTIN)}")
+        what = "is a file, not an .npz or a folder" if path.is_file() else "does not exist"
+        raise DiffrepError(f"data {str(path)!r} {what}: pass a folder of images, an .npz or one of {', '.join(BUILTIN)}")
     subdirs = sorted(p for p in path.iterdir() if p.is_dir())
     if subdirs:
         files = [(f, i) for i, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]

@@ -71,12 +71,12 @@ class PeriodicEval:
         labels = make_labels("balanced", cfg.eval_samples, trainer.num_classes) if trainer.num_classes else None
         chunks = generate(trainer.sampling_net(), trainer.process, trainer.data.shape, cfg.eval_samples,
                           sampler=cfg.grid_sampler, steps=cfg.grid_steps, seed=cfg.seed, labels=labels,
-                          autocast=trainer.autocast, chunks=lambda j: j % world.size == world.rank, progress=False,
-                          space=trainer.space)
+                          autocast=trainer.autocast, chunks=lambda j: j % world.size == world.rank,
+                          progress=trainer.progress, space=trainer.space)
         images = distributed.broadcast_from_main(distributed.gather_chunks(chunks))
         rows = evaluate(EvalSet(f"step {trainer.step}", images), ref, metric_names=cfg.eval_metrics.split(","),
                         encoders=encoders, train=train, device=str(trainer.device), cache=FeatureCache(),
-                        cache_generated=False, progress=False)
+                        cache_generated=False, progress=trainer.progress)
         if world.is_main:
             record = {"step": trainer.step, **{f"{r['encoder']}/{k}": v for r in rows for k, v in r["values"].items()}}
             with open(trainer.out / "eval.jsonl", "a") as f:
