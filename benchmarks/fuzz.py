@@ -64,7 +64,7 @@ def run_case(name: str, case, ws: Workspace) -> Outcome:
     out, err = io.StringIO(), io.StringIO()
     code, crashed = None, None
     start = time.perf_counter()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(), case.around():
         warnings.simplefilter("always")
         try:
             code = main([str(a) for a in argv])

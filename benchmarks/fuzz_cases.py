@@ -4,6 +4,7 @@ concurrency, YAML and pickles.  Each case names what it expects: ``error`` (refu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import shutil
@@ -23,6 +24,7 @@ class Case:
     says: str = ""
     setup: Callable[["Workspace"], list] | None = None
     check: Callable[["Workspace"], bool] | None = None
+    around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def guard(self, ws: "Workspace") -> list[Path]:
         return ws.guarded()
@@ -182,6 +184,26 @@ BOMB = "lr: [&a [x, x, x, x, x, x, x, x, x], " + ", ".join(
     f"&{c} [{', '.join(['*' + p] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")) + "]\n"
 
 
+@contextlib.contextmanager
+def _disk_full(limit: int = 4096):
+    """Writes past ``limit`` bytes fail as on a full disk (a file-size limit: EFBIG; SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def _overwrite_result_on_a_full_disk(ws: Workspace) -> list:
+    return ["sample", ws.run, "--n", "64", "--steps", "2", "--no-progress", "--overwrite", "--out", ws.result]
+
+
 CASES: dict[str, Case] = {
     # numbers a flag must refuse at parse time
     **{f"train --{flag} {value}": train(f"--{flag}", value) for flag, values in {
@@ -275,6 +297,9 @@ CASES: dict[str, Case] = {
     "train into a locked run folder": _in_folder(_locked, says="another process"),
     "restart a run that died before its first checkpoint": _in_folder(_died, expect="warn", says="starting it over"),
     "train --resume auto into nothing": _in_folder(lambda out: None, "--resume", "auto", expect="ok"),
+    "train --overwrite into a foreign folder": _in_folder(_foreign, "--overwrite", says="not empty"),
+    "train --overwrite a run": Case("run folders", None, "warn", "--overwrite: deleted",
+                                    lambda ws: [*TRAIN, "--overwrite", "--out", ws.copy_of_run()]),
     "train --resume after SIGTERM": Case("signals", None, "ok", setup=_interrupted(15)),
     "train --resume after kill -9": Case("signals", None, "ok", setup=_interrupted(9)),
     "train --resume after Ctrl-C": Case("signals", None, "ok", setup=_interrupted(2)),
@@ -305,6 +330,11 @@ CASES: dict[str, Case] = {
     "--config lr nan": Case("yaml", None, setup=_yaml("lr: .nan\n")),
     "--config an alias bomb": Case("yaml", None, setup=_yaml(BOMB)),
     "--config a python object tag": Case("yaml", None, setup=_yaml("lr: !!python/object/apply:os.system [echo hi]\n")),
+    # a full disk: one line, and the old result stays
+    "sample --overwrite a result on a full disk": Case("disk", None, "error", "cannot write", around=_disk_full,
+                                                      setup=_overwrite_result_on_a_full_disk),
+    "train on a full disk": Case("disk", lambda ws: [*TRAIN, "--out", ws.new()], "error", "cannot write",
+                                 around=_disk_full),
     # pickles
     "encoder weights that are a pickle": Case("pickles", None, setup=lambda ws: _pickle_weights(ws)),
 }

@@ -54,3 +54,24 @@ def test_data_that_is_a_file_but_not_an_npz_is_named_as_such(cli, tmp_path):
     (tmp_path / "result.json").write_text("{}")
     code, _, err = cli("judge", tmp_path / "result.json")
     assert code == 2 and "result.json' is a file, not an .npz or a folder" in err
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_old_file_stays(tmp_path):
+    import resource
+    import signal
+
+    from diffrep.io import atomic_write
+
+    path = tmp_path / "result.bin"
+    path.write_bytes(b"the old result")
+    old, handler = resource.getrlimit(resource.RLIMIT_FSIZE), signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1024, old[1]))       # writes past 1 KB fail, as on a full disk
+    try:
+        with pytest.raises(DiffrepError, match="cannot write .*result.bin: file too large; nothing was replaced"):
+            with atomic_write(path) as f:
+                f.write(b"x" * 100_000)
+                f.flush()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert path.read_bytes() == b"the old result" and [p.name for p in tmp_path.iterdir()] == ["result.bin"]

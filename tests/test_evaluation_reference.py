@@ -86,3 +86,16 @@ def test_the_reference_encoder_is_the_one_of_the_reference_data():
     with pytest.raises(DiffrepError, match="not on samples.npz: use encoders that fit any images \\(inception"):
         get_encoder("reference", data="samples.npz")
     assert default_encoder("digits:test") == "reference" and default_encoder("my-photos/") == "inception"
+
+
+def test_the_judges_fixed_side_is_computed_once_per_process_and_builtin_arrays_stay_untouched():
+    from diffrep.data import load_builtin
+    from diffrep.reference import _reference_side, judge
+
+    samples = load_builtin("digits", "test")
+    first = judge(samples, "digits")
+    hits = _reference_side.cache_info().hits
+    assert judge(samples, "digits") == first and _reference_side.cache_info().hits == hits + 1
+    everything = load_builtin("digits", "all")
+    everything.images.zero_()                       # a caller's in-place edit of its copy …
+    assert load_builtin("digits", "all").images.any()   # … does not reach the cached arrays

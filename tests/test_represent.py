@@ -174,3 +174,29 @@ def test_probe_classify_and_features_commands(cli, tmp_path):
         assert {"block1@t=0.2", "block2@t=0.2"} <= set(f.keys())
     code, _, err = cli("features", run, "--blocks", "block99", "--out", tmp_path / "g.npz")
     assert code == 2 and "unknown block" in err
+
+
+def test_probe_and_classify_take_labelled_data_of_the_users_own(cli, tmp_path):
+    import numpy as np
+
+    from diffrep.data import load_builtin
+
+    run = tmp_path / "run"
+    assert cli("train", *SMOKE, "--steps", 2, "--out", run)[0] == 0
+    for split in ("train", "test"):
+        d = load_builtin("digits", split)
+        np.savez(tmp_path / f"{split}.npz", d.images.permute(0, 2, 3, 1).numpy(), d.labels.numpy())
+    np.savez(tmp_path / "unlabelled.npz", load_builtin("digits", "test").images.permute(0, 2, 3, 1).numpy())
+    code, out, err = cli("probe", run, "--data", tmp_path / "train.npz", "--test-data", tmp_path / "test.npz",
+                         "--backbones", "pixels", "--out", tmp_path / "p.json")
+    assert code == 0, err
+    assert "linear probes: weight decay: 100%" in err and "linear probes: fit: 100%" in err     # progress shown
+    (row,) = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert row["linear"] > 0.9          # pixels of the digits: the same numbers as the built-in split's
+    code, out, err = cli("classify", run, "--data", tmp_path / "train.npz", "--n", 20, "--pairs", 2, "--no-progress",
+                         "--out", tmp_path / "c.json")
+    assert code == 0, err
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["n"] == 20 and result["data"].endswith("train.npz:test")     # the fixed 20% of --data
+    code, _, err = cli("classify", run, "--data", tmp_path / "unlabelled.npz", "--no-progress")
+    assert code == 2 and "has no labels" in err

@@ -178,3 +178,20 @@ def test_a_torn_last_log_line_does_not_block_a_resume(cli, tmp_path):
     code, _, err = cli("train", *SMOKE, "--steps", 20, "--resume", "--out", tmp_path)
     assert code == 0, err
     assert all(json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines())
+
+
+def test_overwrite_starts_a_run_over_and_never_touches_other_files(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", *SMOKE, "--steps", 10, "--out", run)[0] == 0
+    (run / "notes.txt").write_text("the user's notes")
+    code, _, err = cli("train", *SMOKE, "--steps", 4, "--overwrite", "--out", run)
+    assert code == 0 and "--overwrite: deleted config.yaml, model.json, checkpoints, metrics.jsonl" in err, err
+    assert latest_checkpoint(run).step == 4 and [p.name for p in list_checkpoints(run)] == ["step_0000004"]
+    assert (run / "notes.txt").read_text() == "the user's notes"
+    code, _, err = cli("train", *SMOKE, "--overwrite", "--resume", "--out", run)
+    assert code == 2 and "pass one of them" in err
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("1,2")
+    code, _, err = cli("train", *SMOKE, "--overwrite", "--out", foreign)
+    assert code == 2 and "holds no diffrep run" in err and (foreign / "data.csv").read_text() == "1,2"

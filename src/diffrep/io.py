@@ -6,6 +6,7 @@ A crash at any moment leaves either the old file or the new one, never a torn on
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shlex
@@ -42,7 +43,8 @@ UMASK = _read_umask()
 @contextlib.contextmanager
 def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success fsync and rename it over ``path``.  The file
-    gets the permissions a plain ``open`` would give it (0666 less the umask), not the temporary file's 0600."""
+    gets the permissions a plain ``open`` would give it (0666 less the umask), not the temporary file's 0600.  A full
+    disk (or quota, or file-size limit) is a one-line error, and the old file stays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -54,9 +56,12 @@ def atomic_write(path: Path | str, mode: str = "wb") -> Iterator[IO]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise DiffrepError(f"cannot write {path}: {e.strerror.lower()}; nothing was replaced (free some space, "
+                               "or write elsewhere)") from None
         raise
 
 

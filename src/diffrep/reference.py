@@ -8,6 +8,7 @@ JSON card holding the command that reproduces them and the test accuracy.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -164,18 +165,27 @@ def judge(samples: ImageSet, dataset: str = "mnist5k", n_ref: int = 1000) -> Jud
     images and the same test images: what a perfect generator of this size would score.
     """
     net = load_reference(dataset)
-    test, train = load_builtin(dataset, "test"), load_builtin(dataset, "train")
-    smallest_class = int(torch.bincount(test.labels).min())
-    test = test.subset(balanced_subset(test.labels, min(n_ref, smallest_class * test.num_classes)))
-    train = train.subset(balanced_subset(train.labels, len(test)))
+    test, f_test, yardstick = _reference_side(dataset, n_ref)
     _check_compatible(samples.images, test)
     if len(samples) < 2:
         raise DiffrepError(f"need at least 2 samples to judge, got {len(samples)}")
     f_gen, logits = encode(net, samples.images)
+    acc = None if samples.labels is None else float((logits.argmax(1) == samples.labels).float().mean())
+    return Judgement(len(samples), acc, frechet_distance(f_gen, f_test), yardstick, len(test))
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_side(dataset: str, n_ref: int) -> tuple[ImageSet, torch.Tensor, float]:
+    """The judge's fixed side, computed once per process: the class-balanced test images, their features and the
+    train-vs-test yardstick FD_ref."""
+    net = load_reference(dataset)
+    test, train = load_builtin(dataset, "test"), load_builtin(dataset, "train")
+    smallest_class = int(torch.bincount(test.labels).min())
+    test = test.subset(balanced_subset(test.labels, min(n_ref, smallest_class * test.num_classes)))
+    train = train.subset(balanced_subset(train.labels, len(test)))
     f_test, _ = encode(net, test.images)
     f_train, _ = encode(net, train.images)
-    acc = None if samples.labels is None else float((logits.argmax(1) == samples.labels).float().mean())
-    return Judgement(len(samples), acc, frechet_distance(f_gen, f_test), frechet_distance(f_train, f_test), len(test))
+    return test, f_test, frechet_distance(f_train, f_test)
 
 
 def save_reference(net: ReferenceCNN, card: dict, out: Path) -> None:

@@ -44,8 +44,10 @@ def register(sub) -> None:
                                         "--heatmap probe.png",
                                         "diffrep probe runs/dit --blocks block2,block4,block6 --t 0.1,0.3"))
     pr.add_argument("run", type=Path, help="run directory (needed for the diffusion backbone)")
-    pr.add_argument("--data", choices=("mnist5k", "digits"),
-                    help="train on its train split, test on test (default: the run's dataset)")
+    pr.add_argument("--data", help="labelled data: train the probes on its train split, test on its test split "
+                    "(default: the run's dataset; an .npz with labels or a folder of class folders: see --test-data)")
+    pr.add_argument("--test-data", help="the test set for --data that is not built in (default: a fixed "
+                    "class-balanced 20%% of --data)")
     pr.add_argument("--backbones", default="diffusion,pixels", help="comma list: diffusion and/or encoder names "
                     "(encoders compute in fp32)")
     pr.add_argument("--encoder-weights", action="append", default=[], metavar="NAME=PATH")
@@ -62,7 +64,10 @@ def register(sub) -> None:
                                        "diffrep classify runs/qs --schedule racing --pairs 32 --out c.json",
                                        "diffrep classify runs/qs --schedule adaptive --rounds 8:5,32:1"))
     c.add_argument("run", type=Path)
-    c.add_argument("--data", choices=("mnist5k", "digits"), help="default: the run's dataset")
+    c.add_argument("--data", help="labelled data (default: the run's dataset; an .npz with labels or a folder of "
+                   "class folders: see --test-data)")
+    c.add_argument("--test-data", help="the test set for --data that is not built in (default: a fixed "
+                   "class-balanced 20%% of --data)")
     c.add_argument("--split", default="test", choices=("train", "test"))
     c.add_argument("--n", "--limit", dest="limit", type=positive_int,
                    help="classify this many class-balanced images of the split (--limit: the former name)")
@@ -164,7 +169,8 @@ def cmd_probe(a) -> int:
                            times=floats(a.t, "--t"), pooling=a.pool, seed=a.seed, resample=a.resample_noise,
                            noise_draws=a.noise_draws, normalize=a.l2_normalize,
                            encoder_weights=encoder_weights(a.encoder_weights, a.backbones.split(",")),
-                           precision=a.precision, device=a.device, progress=not a.no_progress, on_start=startup)
+                           precision=a.precision, device=a.device, progress=not a.no_progress, on_start=startup,
+                           test_data=a.test_data)
     best = {}
     for r in rows:
         if r["backbone"] not in best or r["linear"] > best[r["backbone"]]["linear"]:
@@ -197,7 +203,7 @@ def cmd_classify(a) -> int:
     r = classify_run(a.run, data=a.data, split=a.split, limit=a.limit, pairs=a.pairs, schedule=a.schedule,
                      time_weights=a.time_weights, fit_images=a.fit_images, rounds=_rounds(a.rounds), z=a.z,
                      norm=a.norm, seed=a.seed, batch_size=a.batch_size, precision=a.precision, device=a.device,
-                     on_start=startup, progress=not a.no_progress)
+                     on_start=startup, progress=not a.no_progress, test_data=a.test_data)
     print(f"{r['data']}: accuracy {100 * r['accuracy']:.2f}% on {r['n']} images, {r['calls_per_image']:.0f} network "
           f"calls per image ({r['schedule']}; exhaustive {r['exhaustive_calls']}), {r['images_per_s']:.2f} images/s")
     if a.out:

@@ -65,6 +65,8 @@ def register(sub) -> None:
     t.add_argument("--resume", nargs="?", const=True, default=False, type=resume_mode, metavar="auto",
                    help="continue from the run's last good checkpoint; --resume auto: continue if --out holds a run, "
                         "else start one (for jobs that are restarted by a scheduler)")
+    t.add_argument("--overwrite", action="store_true", help="delete the run in --out (checkpoints, logs, grids) and "
+                   "start a new one; a folder that is not a diffrep run is never touched")
     add_config_flags(t)
     t.set_defaults(handler=cmd_train)
 
@@ -105,12 +107,12 @@ def cmd_train(a) -> int:
     from diffrep.train.rundir import folder_state
 
     flags = {k: getattr(a, k) for k in FIELD_NAMES}
-    if a.resume and folder_state(a.out) == "run" and not (a.preset or a.config):
+    if a.resume and not a.overwrite and folder_state(a.out) == "run" and not (a.preset or a.config):
         base = {**vars(load_run_config(a.out)), "precision": "auto"}  # auto on a resume: the recorded precision
         cfg = make_config(base, flags)
     else:
         cfg = make_config(preset(a.preset) if a.preset else {}, read_yaml_config(a.config) if a.config else {}, flags)
-    trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device, progress=not a.no_progress)
+    trainer = Trainer(cfg, a.out, resume=a.resume, device=a.device, progress=not a.no_progress, overwrite=a.overwrite)
     if trainer.world.is_main:
         startup(trainer.precision)
         print(trainer.describe(), file=sys.stderr)

@@ -16,6 +16,7 @@ so the split never changes between machines or library versions.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import zipfile
@@ -108,13 +109,23 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 _BUILTIN_LOADERS = {"mnist5k": (_mnist5k, 0.2), "digits": (_digits, 0.2)}
 
 
+@functools.lru_cache(maxsize=None)
+def _read_builtin(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A built-in dataset's arrays, read once per process (read-only: every split is a copy)."""
+    x, y = _BUILTIN_LOADERS[name][0]()
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
 def load_builtin(name: str, split: str = "train") -> ImageSet:
     """A built-in dataset's fixed ``train`` / ``test`` split, or ``all`` of it."""
     if name not in _BUILTIN_LOADERS:
         raise DiffrepError(f"unknown dataset {name!r}: choose one of {', '.join(BUILTIN)}, a folder of images or an .npz file")
-    loader, test_fraction = _BUILTIN_LOADERS[name]
-    x, y = loader()
-    if split != "all":
+    x, y = _read_builtin(name)
+    test_fraction = _BUILTIN_LOADERS[name][1]
+    if split == "all":
+        x, y = x.copy(), y.copy()       # the cached arrays stay untouched
+    else:
         train, test = class_balanced_split(y, test_fraction)
         if split not in ("train", "test"):
             raise DiffrepError(f"unknown split {split!r}: choose train, test or all")
@@ -257,6 +268,26 @@ def load_dataset(spec: str, split: str = "train", image_size: int | None = None)
     if path.exists() or "/" in spec or "\\" in spec:
         return load_folder(path, image_size)
     raise DiffrepError(f"unknown dataset {spec!r}: choose one of {', '.join(BUILTIN)}, a folder of images or an .npz file")
+
+
+def labelled_split(spec: str, split: str, test_spec: str | None = None) -> ImageSet:
+    """The ``train`` or ``test`` split of labelled data (probes, the Diffusion Classifier): a built-in dataset's fixed
+    split; for other data (an ``.npz`` with labels, a folder of class folders) ``spec`` is the train set and
+    ``test_spec`` the test set or, without one, a fixed class-balanced 80/20 split of ``spec``."""
+    if spec in BUILTIN:
+        return load_builtin(spec, split)
+    if split not in ("train", "test"):
+        raise DiffrepError(f"unknown split {split!r}: choose train or test")
+    source = test_spec if split == "test" and test_spec else spec
+    data = load_dataset(source)
+    if data.labels is None:
+        raise DiffrepError(f"{source} has no labels: probes and the Diffusion Classifier need them (arr_1 in an .npz, "
+                           "or a folder of class folders)")
+    if test_spec:
+        return ImageSet(data.images, data.labels, data.num_classes, source)
+    train, test = class_balanced_split(data.labels.numpy(), 0.2)
+    picked = data.subset(train if split == "train" else test)
+    return ImageSet(picked.images, picked.labels, data.num_classes, f"{spec}:{split}")
 
 
 def make_grid(images_uint8: torch.Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:

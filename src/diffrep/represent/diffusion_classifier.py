@@ -215,24 +215,26 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
                  pairs: int = 32, schedule: str = "exhaustive", time_weights: str = "uniform", fit_images: int = 100,
                  rounds: list[tuple[int, int]] | None = None, z: float = 3.0, norm: str = "l2", seed: int = 0,
                  batch_size: int = 250, precision: str = "auto", device: str = "auto",
-                 on_start: Callable[[Precision], None] | None = None, progress: bool = True) -> dict:
-    """Classify a built-in split (``data``; default: the run's own dataset) with a class-conditional run; returns
-    accuracy, calls per image, images/s and, with ``time_weights="fitted"``, the weights and temperature fitted
-    on ``fit_images`` train images."""
+                 on_start: Callable[[Precision], None] | None = None, progress: bool = True,
+                 test_data: str | None = None) -> dict:
+    """Classify ``split`` of labelled ``data`` (default: the run's own dataset; other data and ``test_data`` as
+    :func:`~diffrep.data.labelled_split`) with a class-conditional run; returns accuracy, calls per image, images/s
+    and, with ``time_weights="fitted"``, the weights and temperature fitted on ``fit_images`` train images."""
     from diffrep.config import load_run_config
-    from diffrep.data import BUILTIN, balanced_subset, load_builtin
+    from diffrep.data import balanced_subset, labelled_split
     from diffrep.runs import check_images_fit_run, load_run
 
     data = data or load_run_config(run).data
-    if data not in BUILTIN:
-        raise DiffrepError(f"classify uses a built-in dataset's labelled split: --data {' or '.join(BUILTIN)}")
     if time_weights not in ("uniform", "fitted"):
         raise DiffrepError(f"--time-weights {time_weights!r}: choose uniform or fitted")
     net, process, _, info = load_run(run, "ema", device)
     if not info["num_classes"]:
         raise DiffrepError(f"{run} is an unconditional model: the Diffusion Classifier needs class labels")
-    images = load_builtin(data, split)
+    images = labelled_split(data, split, test_data)
     check_images_fit_run(images.images, info, run, data)
+    if int(images.labels.max()) >= info["num_classes"]:
+        raise DiffrepError(f"{images.name} has labels up to {int(images.labels.max())}, but {run} knows "
+                           f"{info['num_classes']} classes: classify data with the run's classes")
     chosen = resolve_precision(precision, next(net.parameters()).device)
     if on_start is not None:
         on_start(chosen)
@@ -242,7 +244,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
     weights, order, temperature, fitted = torch.ones(pairs), None, None, {}
     bar = tqdm(desc="classify", unit="call", disable=not progress, dynamic_ncols=True)
     if time_weights == "fitted" or schedule == "racing":
-        fit = load_builtin(data, "train")
+        fit = labelled_split(data, "train", test_data)
         fit = fit.subset(balanced_subset(fit.labels, fit_images))
         pe_fit = PairErrors(net, process, fit.images, info["num_classes"], pairs=pairs, seed=seed + 1, norm=norm,
                             autocast=autocast, max_batch=batch_size, on_calls=bar.update)
@@ -258,7 +260,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
     result = classify(pe, schedule=schedule, weights=weights, rounds=rounds, z=z, order=order)
     seconds = time.perf_counter() - start
     bar.close()
-    return {"run": str(run), "data": f"{data}:{split}", "n": len(images), "pairs": pairs, "schedule": schedule,
+    return {"run": str(run), "data": images.name, "n": len(images), "pairs": pairs, "schedule": schedule,
             "time_weights": time_weights, "norm": norm, "seed": seed,
             "accuracy": float((result.predictions == images.labels).float().mean()),
             "calls_per_image": float(result.calls.float().mean()), "exhaustive_calls": pairs * info["num_classes"],

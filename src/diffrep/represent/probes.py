@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from diffrep.errors import DiffrepError
 from diffrep.precision import Precision, resolve_precision
@@ -80,13 +81,14 @@ class SoftmaxHeads(nn.Module):
 
 
 def _fit_heads(features: dict[object, torch.Tensor], y: torch.Tensor, decays: dict[object, tuple[float, ...]],
-               classes: int, *, epochs: int, batch_size: int, lr: float, g: torch.Generator) -> dict[object, SoftmaxHeads]:
+               classes: int, *, epochs: int, batch_size: int, lr: float, g: torch.Generator,
+               desc: str | None = None) -> dict[object, SoftmaxHeads]:
     """For each feature set, one head per weight decay in ``decays[k]``; every head trained in one loop
-    on the same shuffled batches (AdamW, cosine learning rate)."""
+    on the same shuffled batches (AdamW, cosine learning rate); ``desc``: a progress bar's label (none if ``None``)."""
     heads = {k: SoftmaxHeads(features[k].shape[1], classes, wds, g) for k, wds in decays.items()}
     opt = torch.optim.AdamW([p for h in heads.values() for p in h.parameters()], lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * math.ceil(len(y) / batch_size))
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=desc is None, dynamic_ncols=True):
         for idx in torch.randperm(len(y), generator=g).split(batch_size):
             loss = sum(h.loss(features[k][idx], y[idx]) for k, h in heads.items())
             opt.zero_grad(set_to_none=True)
@@ -100,7 +102,7 @@ def _fit_heads(features: dict[object, torch.Tensor], y: torch.Tensor, decays: di
 
 def linear_probe(splits: dict[object, ProbeSplit], *, epochs: int = 50, batch_size: int = 256, lr: float = 1e-2,
                  weight_decays: tuple[float, ...] = WEIGHT_DECAYS, val_fraction: float = 0.1,
-                 seed: int = 0) -> dict[object, tuple[float, float]]:
+                 seed: int = 0, progress: bool = False) -> dict[object, tuple[float, float]]:
     """``{feature set: (test accuracy, chosen weight decay)}`` of a linear head per feature set.
 
     The weight decay is chosen per feature set among ``weight_decays`` by accuracy on a held-out
@@ -123,11 +125,12 @@ def linear_probe(splits: dict[object, ProbeSplit], *, epochs: int = 50, batch_si
         n_val = max(1, int(val_fraction * n))
         val, train = order[:n_val], order[n_val:]
         heads = _fit_heads({k: data[k][0][train] for k in splits}, y[train], dict.fromkeys(splits, weight_decays),
-                           classes, **fit)
+                           classes, **fit, desc="linear probes: weight decay" if progress else None)
         for k in splits:    # the best validation accuracy; ties go to the smaller weight decay
             accuracy = dict(zip(weight_decays, heads[k].accuracies(data[k][0][val], y[val])))
             chosen[k] = max(weight_decays, key=lambda wd: (accuracy[wd], -wd))
-    heads = _fit_heads({k: data[k][0] for k in splits}, y, {k: (chosen[k],) for k in splits}, classes, **fit)
+    heads = _fit_heads({k: data[k][0] for k in splits}, y, {k: (chosen[k],) for k in splits}, classes, **fit,
+                       desc="linear probes: fit" if progress else None)
     return {k: (heads[k].accuracies(data[k][1], first.y_test)[0], chosen[k]) for k in splits}
 
 
@@ -171,23 +174,22 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
                     blocks: str = "all", times: list[float] = (0.05, 0.1, 0.2, 0.4), pooling: str = "mean",
                     seed: int = 0, resample: bool = False, noise_draws: int = 1, normalize: bool = False,
                     encoder_weights: dict[str, str] | None = None, batch_size: int = 250, precision: str = "auto",
-                    device: str = "auto", progress: bool = True,
+                    device: str = "auto", progress: bool = True, test_data: str | None = None,
                     on_start: Callable[[Precision], None] | None = None) -> list[dict]:
     """Linear and k-NN probes, one protocol, over the run's features at every (block, t) (``diffusion``) and
-    over registry encoders (``reference``, ``pixels``, ``dinov2-s14``, …), on a built-in dataset's split
-    (``data``; default: the run's own dataset).  ``on_start`` gets the diffusion net's precision once the run
+    over registry encoders (``reference``, ``pixels``, ``dinov2-s14``, …), trained on ``data``'s train split and
+    tested on its test split (default: the run's own dataset; see :func:`~diffrep.data.labelled_split` for other
+    data and ``test_data``).  ``on_start`` gets the diffusion net's precision once the run
     and the images are checked."""
     from diffrep.config import load_run_config
-    from diffrep.data import BUILTIN, load_builtin
+    from diffrep.data import labelled_split
     from diffrep.evaluation.encoders import get_encoder
     from diffrep.evaluation.features import extract_features
     from diffrep.represent.features import check_times, diffusion_features, resolve_blocks
     from diffrep.runs import check_images_fit_run, load_run
 
     data = data or load_run_config(run).data
-    if data not in BUILTIN:
-        raise DiffrepError(f"probes use a built-in dataset's fixed train/test split: --data {' or '.join(BUILTIN)}")
-    train, test = load_builtin(data, "train"), load_builtin(data, "test")
+    train, test = labelled_split(data, "train", test_data), labelled_split(data, "test", test_data)
     splits: dict[tuple, ProbeSplit] = {}
     for backbone in backbones:
         if backbone == "diffusion":
@@ -208,7 +210,7 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
             encoder = get_encoder(backbone, (encoder_weights or {}).get(backbone), data=data)
             f_train, f_test = (extract_features(encoder, s.images, progress=progress).features for s in (train, test))
             splits[backbone, None, None] = ProbeSplit(f_train, f_test, train.labels, test.labels)
-    linear = linear_probe(splits, seed=seed)
+    linear = linear_probe(splits, seed=seed, progress=progress)
     return [{"backbone": k[0], "block": k[1], "t": k[2], "dim": s.train.shape[1], "linear": linear[k][0],
              "weight_decay": linear[k][1], "knn": knn_probe(s), "knn_white": knn_whitened_probe(s)}
             for k, s in splits.items()]

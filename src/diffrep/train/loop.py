@@ -39,7 +39,7 @@ from diffrep.runtime import CompiledOrEager, pick_device, use_deterministic_kern
 from diffrep.train.batches import PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch, slice_batch, step_generator
 from diffrep.train.objectives import Denoising, Objective
 from diffrep.train.optim import make_optimizer
-from diffrep.train.rundir import check_resumable, folder_state, lock_run_dir, trim_metrics
+from diffrep.train.rundir import check_resumable, clear_run, folder_state, lock_run_dir, trim_metrics
 from diffrep.train.periodic import PeriodicEval, log_record, sample_grid
 from diffrep.train.schedules import ema_decay_at, lr_at
 from diffrep.train.signals import StopRequest
@@ -58,7 +58,8 @@ class Trainer:
     """Trains ``cfg`` into ``out``; ``run()`` returns the final step."""
 
     def __init__(self, cfg: TrainConfig, out: Path, resume: bool | str = False, plugins: list[Plugin] | None = None,
-                 device: str = "auto", progress: bool = True, objective: Objective | None = None):
+                 device: str = "auto", progress: bool = True, objective: Objective | None = None,
+                 overwrite: bool = False):
         self.world = distributed.current()
         if cfg.batch_size % (self.world.size * cfg.grad_accum):
             raise DiffrepError(f"--batch-size {cfg.batch_size} must be divisible by processes × --grad-accum "
@@ -90,7 +91,7 @@ class Trainer:
         self.step = 0
         self.objective = objective or Denoising()
         self._evaluate = PeriodicEval()
-        ckpt = self._open_run_dir(resume)
+        ckpt = self._open_run_dir(resume, overwrite)
         if ckpt is None:
             self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
         if cfg.fsdp and self.world.size == 1:
@@ -123,12 +124,15 @@ class Trainer:
         return chosen
 
     # ---- run directory -------------------------------------------------------------
-    def _open_run_dir(self, resume: bool | str):
+    def _open_run_dir(self, resume: bool | str, overwrite: bool = False):
         """Check the run folder before any work: the checkpoint to resume from (``None`` for a new run).
 
         ``resume``: ``True`` continues the run (an error where there is none), ``"auto"`` continues one if there
-        is one and starts one if not.  A run that died before its first checkpoint starts over either way; a
-        non-empty folder that is not a diffrep run is never written into."""
+        is one and starts one if not; ``overwrite`` deletes the run there and starts a new one.  A run that died
+        before its first checkpoint starts over either way; a non-empty folder that is not a diffrep run is never
+        written into."""
+        if overwrite and resume:
+            raise DiffrepError("--overwrite starts the run over and --resume continues it: pass one of them")
         state = folder_state(self.out)
         if state == "foreign":
             raise DiffrepError(f"--out {self.out} is a folder that is not empty and holds no diffrep run: choose a "
@@ -137,6 +141,11 @@ class Trainer:
             warnings.warn(f"{self.out} holds a run that stopped before its first checkpoint: starting it over",
                           stacklevel=3)
         self._lock = lock_run_dir(self.out) if self.world.is_main else None
+        if overwrite and state in ("run", "unstarted"):
+            if self.world.is_main:
+                warnings.warn(f"--overwrite: deleted {', '.join(clear_run(self.out))} in {self.out}", stacklevel=3)
+            distributed.barrier()
+            state = "new"
         if self.world.is_main and (partial := remove_partial_checkpoints(self.out)):
             warnings.warn(f"removed {len(partial)} checkpoint(s) whose writing was interrupted: {', '.join(partial)}",
                           stacklevel=3)
@@ -145,7 +154,8 @@ class Trainer:
             raise DiffrepError(f"--resume: {self.out} holds no run to continue; run without --resume (or with "
                                "--resume auto) to start one")
         if state == "run" and not resume:
-            raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, or choose another --out")
+            raise DiffrepError(f"{self.out} already holds a run: pass --resume to continue it, --overwrite to start "
+                               "it over, or choose another --out")
         if state == "run":
             check_resumable(self.out, ckpt, self.cfg)
         else:

@@ -19,6 +19,8 @@ from diffrep.io import atomic_write
 
 LOCK = ".lock"
 """The run folder's lock file (empty; the lock is the open file's ``flock``)."""
+RUN_ENTRIES = ("config.yaml", "model.json", "checkpoints", "metrics.jsonl", "eval.jsonl", "eval.png", "tb", "grids")
+"""What a run writes into its folder: what ``--overwrite`` deletes (nothing else)."""
 
 
 def folder_state(out: Path) -> str:
@@ -47,6 +49,23 @@ def check_resumable(out: Path, ckpt: Checkpoint | None, cfg: TrainConfig) -> Non
     if diff:
         raise DiffrepError(f"--resume: the checkpoint in {out} was trained with a different config "
                            f"({'; '.join(diff)}); use the same options or a new --out")
+
+
+def clear_run(out: Path) -> list[str]:
+    """Delete what a run wrote into ``out`` (:data:`RUN_ENTRIES`), for ``train --overwrite``; other files stay."""
+    import shutil
+
+    removed = []
+    for name in RUN_ENTRIES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def lock_run_dir(out: Path) -> IO:
