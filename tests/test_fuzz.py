@@ -1,4 +1,4 @@
-"""The bad-input catalogue of ``benchmarks/fuzz.py`` as tests, one per case (marked slow: about five minutes).
+"""The bad-input catalogue of ``benchmarks/fuzz.py`` as tests, one per case (marked slow: about 80 seconds here).
 
     python -m pytest -m slow tests/test_fuzz.py
 """
