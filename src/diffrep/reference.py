@@ -164,8 +164,7 @@ def judge(samples: ImageSet, dataset: str = "mnist5k", n_ref: int = 1000) -> Jud
     The yardstick ``fd_ref_train_vs_test`` is FD_ref between ``n_ref`` class-balanced train
     images and the same test images: what a perfect generator of this size would score.
     """
-    net = load_reference(dataset)
-    test, f_test, yardstick = _reference_side(dataset, n_ref)
+    net, test, f_test, yardstick = _reference_side(dataset, n_ref)
     _check_compatible(samples.images, test)
     if len(samples) < 2:
         raise DiffrepError(f"need at least 2 samples to judge, got {len(samples)}")
@@ -175,9 +174,9 @@ def judge(samples: ImageSet, dataset: str = "mnist5k", n_ref: int = 1000) -> Jud
 
 
 @functools.lru_cache(maxsize=4)
-def _reference_side(dataset: str, n_ref: int) -> tuple[ImageSet, torch.Tensor, float]:
-    """The judge's fixed side, computed once per process: the class-balanced test images, their features and the
-    train-vs-test yardstick FD_ref."""
+def _reference_side(dataset: str, n_ref: int) -> tuple[ReferenceCNN, ImageSet, torch.Tensor, float]:
+    """The judge's fixed side, computed once per process: the reference encoder, the class-balanced test images,
+    their features and the train-vs-test yardstick FD_ref."""
     net = load_reference(dataset)
     test, train = load_builtin(dataset, "test"), load_builtin(dataset, "train")
     smallest_class = int(torch.bincount(test.labels).min())
@@ -185,7 +184,7 @@ def _reference_side(dataset: str, n_ref: int) -> tuple[ImageSet, torch.Tensor, f
     train = train.subset(balanced_subset(train.labels, len(test)))
     f_test, _ = encode(net, test.images)
     f_train, _ = encode(net, train.images)
-    return test, f_test, frechet_distance(f_train, f_test)
+    return net, test, f_test, frechet_distance(f_train, f_test)
 
 
 def save_reference(net: ReferenceCNN, card: dict, out: Path) -> None:

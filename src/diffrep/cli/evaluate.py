@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, device_name, encoder_precision, encoder_weights, examples,
-                                feature_cache, parents, positive_int, write_json)
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, device_name, encoder_precision, encoder_weights,
+                                examples, feature_cache, parents, positive_int, write_json)
 
 
 def register(sub) -> None:

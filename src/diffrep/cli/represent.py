@@ -6,8 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from diffrep.cli.common import (COMMANDS, FORMATTER, device_name, encoder_precision, encoder_weights, examples, feature_cache,
-                                check_outputs, floats, parents, positive_float, positive_int, startup, write_json)
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, device_name, encoder_precision, encoder_weights,
+                                examples, feature_cache, floats, parents, positive_float, positive_int, startup,
+                                write_json)
 from diffrep.errors import DiffrepError
 
 

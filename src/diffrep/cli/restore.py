@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
-                                startup, write_json)
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, examples, finite_float, parents, positive_float,
+                                positive_int, startup, write_json)
 from diffrep.errors import DiffrepError
 
 

@@ -7,8 +7,8 @@ import math
 import warnings
 from pathlib import Path
 
-from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, examples, finite_float, parents, positive_float, positive_int,
-                                startup)
+from diffrep.cli.common import (COMMANDS, FORMATTER, check_outputs, examples, finite_float, parents, positive_float,
+                                positive_int, startup)
 from diffrep.errors import DiffrepError
 
 

@@ -8,8 +8,8 @@ import time
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from diffrep.cli.common import (COMMANDS, FORMATTER, examples, non_negative_int, parents, positive_float, positive_int, startup,
-                                 write_json)
+from diffrep.cli.common import (COMMANDS, FORMATTER, examples, non_negative_int, parents, positive_float, positive_int,
+                                startup, write_json)
 from diffrep.errors import DiffrepError
 
 

@@ -43,14 +43,11 @@ class REPA(Plugin):
 
         self.options = options
         self.taps = (f"block{options.depth}",)
-        if options.encoder == "reference" and not options.encoder_weights and options.data:
-            from diffrep.data import BUILTIN
-
-            if options.data.partition(":")[0] not in BUILTIN:
-                raise DiffrepError(f"{self.name}: the reference encoder is trained on a built-in dataset, not on "
-                                   f"{options.data}: pass {self.name}:encoder=dinov2-s14 (or another encoder with a "
-                                   f"token grid), {self.name}:data=mnist5k, or {self.name}:encoder_weights=PATH")
-        encoder = get_encoder(options.encoder, options.encoder_weights or None, data=options.data or None)
+        try:
+            encoder = get_encoder(options.encoder, options.encoder_weights or None, data=options.data or None)
+        except DiffrepError as e:      # the shared refusal (a reference encoder for other data), with this plug-in's fixes
+            raise DiffrepError(f"{self.name}: {e}; or pass {self.name}:encoder=dinov2-s14 (an encoder with a token "
+                               f"grid), {self.name}:data=mnist5k or {self.name}:encoder_weights=PATH") from None
         if not encoder.has_tokens:
             raise DiffrepError(f"repa: the {options.encoder} encoder has no token grid; use reference or dinov2-*")
         self._frozen = [encoder]          # a plain list: not a sub-module, so not optimised or checkpointed
