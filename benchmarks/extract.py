@@ -1,7 +1,7 @@
 """Feature extraction speed per encoder on this machine: images/s in fp32 and bf16, and peak memory.
 
 Each (encoder, dtype) runs in a fresh process so its peak resident memory is its own.
-Architectures are the real ones (FID Inception-v3, DINOv2 ViT-S/B/L-14) with random weights
+Architectures are the real ones (FID Inception-v3, DINOv2 ViT-S/B/L-14, CLIP ViT-L/14) with random weights
 saved in the official layout and loaded through the user's path (``--encoder-weights``): speed
 does not depend on the weight values, and no network is needed.  Inputs are mnist5k digits
 (32×32 grey), resized by each encoder's default mode (part of the timed work).
@@ -39,6 +39,10 @@ def save_random_weights(name: str, folder: Path) -> str | None:
         from diffrep.evaluation.encoders.dinov2 import DINOV2_CONFIGS, DinoV2ViT
 
         net = DinoV2ViT(**{k: DINOV2_CONFIGS[name][k] for k in ("embed_dim", "depth", "num_heads")})
+    elif name.startswith("clip"):
+        from diffrep.evaluation.encoders.clip import VIT_L14, ClipViT
+
+        net = ClipViT(**VIT_L14, quick_gelu=name == "clip-openai")
     else:
         return None
     path = folder / f"{name}.safetensors"

@@ -99,3 +99,22 @@ def test_the_judges_fixed_side_is_computed_once_per_process_and_builtin_arrays_s
     everything = load_builtin("digits", "all")
     everything.images.zero_()                       # a caller's in-place edit of its copy …
     assert load_builtin("digits", "all").images.any()   # … does not reach the cached arrays
+
+
+def test_the_judges_fixed_side_is_read_from_the_feature_cache_in_a_new_process(tmp_path, monkeypatch):
+    """A second process (here: a cleared in-process cache) reads the test and train features from disk."""
+    from diffrep import reference
+    from diffrep.data import load_builtin
+
+    monkeypatch.setenv("DIFFREP_CACHE", str(tmp_path))
+    calls = []
+    real = reference.encode
+    monkeypatch.setattr(reference, "encode", lambda net, images: calls.append(len(images)) or real(net, images))
+    samples = load_builtin("digits", "test")
+    reference._reference_side.cache_clear()
+    first = reference.judge(samples, "digits")
+    assert len(calls) == 3, "test, train and the samples encoded"
+    reference._reference_side.cache_clear()
+    assert reference.judge(samples, "digits") == first and len(calls) == 4, "only the samples encoded again"
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+    reference._reference_side.cache_clear()

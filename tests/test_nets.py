@@ -102,3 +102,32 @@ def test_nets_declare_their_capabilities_and_plugins_ask_for_them():
         CEP(CepOptions()).setup(unet, None, None, (1, 8, 8))
     with pytest.raises(DiffrepError, match="needs a net with token grid"):
         require(unet, "token_grid", "umd", "use a DiT")
+
+
+def test_attention_kernel_is_chosen_by_need_and_both_give_the_same_outputs(monkeypatch):
+    """Math backend where gradients flow on the CPU, PyTorch's fastest kernel in inference; same outputs."""
+    from diffrep.nets import common
+
+    chosen = []
+    real = common.sdpa_kernel
+
+    def recording(backend):
+        chosen.append(backend)
+        return real(backend)
+
+    monkeypatch.setattr(common, "sdpa_kernel", recording)
+    torch.manual_seed(0)
+    net = build_net("DiT-T/4", image_size=16, in_channels=1, num_classes=10).eval()
+    for block in net.blocks:          # adaLN-Zero starts as the identity: open the gates so attention matters
+        torch.nn.init.normal_(block.adaLN_modulation[-1].weight, std=0.05)
+    x, t, y = torch.randn(4, 1, 16, 16), torch.rand(4) * 1000, torch.arange(4)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        with torch.autocast("cpu", dtype, enabled=dtype == torch.bfloat16):
+            with torch.inference_mode():
+                fast, _ = net(x, t, y)
+            assert chosen == [], "inference runs the default kernel"
+            slow, _ = net(x.requires_grad_(True), t, y)
+            assert len(chosen) == len(net.blocks), "the math kernel where gradients flow"
+        chosen.clear()
+        x = x.detach()
+        torch.testing.assert_close(fast.float(), slow.detach().float(), rtol=tol, atol=tol)

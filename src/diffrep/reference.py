@@ -176,15 +176,35 @@ def judge(samples: ImageSet, dataset: str = "mnist5k", n_ref: int = 1000) -> Jud
 @functools.lru_cache(maxsize=4)
 def _reference_side(dataset: str, n_ref: int) -> tuple[ReferenceCNN, ImageSet, torch.Tensor, float]:
     """The judge's fixed side, computed once per process: the reference encoder, the class-balanced test images,
-    their features and the train-vs-test yardstick FD_ref."""
+    their features (read from the feature cache after the first call) and the train-vs-test yardstick FD_ref."""
     net = load_reference(dataset)
     test, train = load_builtin(dataset, "test"), load_builtin(dataset, "train")
     smallest_class = int(torch.bincount(test.labels).min())
     test = test.subset(balanced_subset(test.labels, min(n_ref, smallest_class * test.num_classes)))
     train = train.subset(balanced_subset(train.labels, len(test)))
-    f_test, _ = encode(net, test.images)
-    f_train, _ = encode(net, train.images)
-    return net, test, f_test, frechet_distance(f_train, f_test)
+    f_test = _cached_features(net, test.images)
+    return net, test, f_test, frechet_distance(_cached_features(net, train.images), f_test)
+
+
+def _cached_features(net: ReferenceCNN, images: torch.Tensor) -> torch.Tensor:
+    """:func:`encode`'s features through the feature cache, keyed by the weights and the images' bytes; a cache
+    that cannot be written (read-only home) only costs the time."""
+    import hashlib
+
+    from diffrep.evaluation.encoders import Encoded, state_dict_sha256
+    from diffrep.evaluation.features import FeatureCache, images_sha256
+
+    cache = FeatureCache()
+    key = hashlib.sha256(f"judge|{state_dict_sha256(net)}|{images_sha256(images)}".encode()).hexdigest()
+    hit = cache.load(key)
+    if hit is not None and hit.features.shape[0] == len(images):
+        return hit.features
+    features, _ = encode(net, images)
+    try:
+        cache.save(key, Encoded(features), {"what": "the judge's reference features", "n": len(images)})
+    except (OSError, DiffrepError):
+        pass
+    return features
 
 
 def save_reference(net: ReferenceCNN, card: dict, out: Path) -> None:

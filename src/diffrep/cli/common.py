@@ -151,13 +151,15 @@ def floats(text: str, flag: str) -> list[float]:
 
 
 def encoder_weights(pairs: list[str], encoders: list[str]) -> dict[str, str]:
-    """``--encoder-weights NAME=PATH`` flags as ``{NAME: PATH}``; each NAME must be one of ``encoders``."""
+    """``--encoder-weights NAME=PATH`` flags as ``{NAME: PATH}``; each NAME must be one of ``encoders`` (whose
+    ``:LAYER`` suffixes are ignored: ``clip=PATH`` serves ``clip:projected``)."""
     out = {}
+    bases = [e.partition(":")[0] for e in encoders]
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not path:
             raise DiffrepError(f"--encoder-weights {pair!r}: expected NAME=PATH, e.g. inception=pt_inception.pth")
-        if name not in encoders:
+        if name not in bases:
             raise DiffrepError(f"--encoder-weights {pair!r}: {name!r} is not among the encoders used here "
                                f"({', '.join(encoders)})")
         out[name] = path

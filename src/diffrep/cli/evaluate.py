@@ -22,12 +22,15 @@ def register(sub) -> None:
                                        "--train mnist5k:train --out results.json",
                                        "diffrep eval gen/ VIRTUAL_imagenet256_labeled.npz --encoders inception,dinov2-l14 "
                                        "--encoder-weights inception=pt_inception.pth --encoder-weights dinov2-l14=vitl.pth",
+                                       "diffrep eval gen.npz ref.npz --encoders inception --resize bilinear-tf --metrics "
+                                       "fd,is   # the ADM evaluator's / torch-fidelity's FID and IS",
                                        "torchrun --nproc-per-node 8 -m diffrep eval gen.npz ref.npz --encoders dinov2-l14"))
     e.add_argument("gen", help="generated images")
     e.add_argument("ref", help="reference images (or ADM statistics)")
     e.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"comma list of {', '.join(METRICS)}")
-    e.add_argument("--encoders", help=f"comma list of {', '.join(ENCODERS)} (default: reference for a built-in "
-                   "REF, whose own reference encoder is used; inception for other data)")
+    e.add_argument("--encoders", help=f"comma list of {', '.join(ENCODERS)}; clip:projected for CLIP's projected "
+                   "embedding (default: reference for a built-in REF, whose own reference encoder is used; inception "
+                   "for other data)")
     e.add_argument("--train", help="training images, for authpct and ct (e.g. mnist5k:train)")
     e.add_argument("--k", type=positive_int, default=3, help="neighbours for precision/recall (default 3)")
     e.add_argument("--k-dc", type=positive_int, default=5, help="neighbours for density/coverage (default 5)")

@@ -30,8 +30,9 @@ def register(sub) -> None:
     f.add_argument("--data", help="run source: the images (a built-in split, folder or .npz; default: the test split "
                                   "of the run's built-in dataset)")
     _add_feature_options(f, POOLS, "run source: ")
-    f.add_argument("--encoder", choices=list(ENCODERS), help="images source: the metric encoder (default: the reference encoder of a "
-                   "built-in split, inception for other images)")
+    f.add_argument("--encoder", help=f"images source: the metric encoder, one of {', '.join(ENCODERS)} (clip and "
+                   "clip-openai also as NAME:projected; default: the reference encoder of a built-in split, inception "
+                   "for other images)")
     f.add_argument("--image-size", type=positive_int)
     f.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): a run's net in bf16 where the device computes bf16 natively, else fp32; "
@@ -106,7 +107,8 @@ def cmd_features(a) -> int:
     if (Path(a.source) / "config.yaml").is_file() and a.encoder is None:
         return _run_features(a)
     name = a.encoder or default_encoder(a.source)
-    encoder = get_encoder(name, encoder_weights(a.encoder_weights, [name]).get(name), a.resize, data=a.source)
+    encoder = get_encoder(name, encoder_weights(a.encoder_weights, [name]).get(name.partition(":")[0]), a.resize,
+                          data=a.source)
     images = _images_to_encode(a.source, a.image_size)
     precision = encoder_precision(a)
     encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=precision,

@@ -166,7 +166,7 @@ class TrainConfig:
 
         for flag, names, valid in (("--eval-metrics", self.eval_metrics, METRICS),
                                    ("--eval-encoders", self.eval_encoders, tuple(ENCODERS))):
-            unknown = [n for n in names.split(",") if n not in valid]
+            unknown = [n for n in names.split(",") if n.partition(":")[0] not in valid]
             if unknown:
                 raise DiffrepError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
 

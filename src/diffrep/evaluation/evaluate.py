@@ -133,6 +133,10 @@ def evaluate(gen: EvalSet, ref: EvalSet, *, metric_names: list[str], encoders: l
             continue
         g, r, t = encoded[0], encoded[1], encoded[2] if train is not None else None
         use_stats = ref.stats is not None and encoder.spec.name == "inception" and (r is None or ref_stats)
+        if use_stats and encoder.spec.resize != "bilinear-tf":
+            warnings.warn(f"{ref.name}'s mu/sigma are Inception statistics as the ADM evaluator (the TF graph) "
+                          f"computes them, but the generated images are resized by {encoder.spec.resize!r}: pass "
+                          "--resize bilinear-tf for an FID comparable with them", stacklevel=2)
         inputs = MetricInputs(g, r, t, ref.stats if use_stats else None)
         for metric in metric_names:
             if "logits" in get_metric(metric).needs and g.logits is None:
@@ -167,7 +171,7 @@ def load_encoders(names: list[str], weights: dict[str, str] | None = None,
     """Encoders by name; ``weights`` maps a name to a local weights file; ``data``: the reference data's spec (picks
     the ``reference`` encoder of a built-in dataset)."""
     weights = weights or {}
-    return [get_encoder(n, weights.get(n), resize_mode, data) for n in names]
+    return [get_encoder(n, weights.get(n.partition(":")[0]), resize_mode, data) for n in names]
 
 
 def _fmt(v: float) -> str:

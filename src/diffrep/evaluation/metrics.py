@@ -233,7 +233,8 @@ def _kth_neighbour_radius(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def prdc(gen: Features, ref: Features, *, k_pr: int = 3, k_dc: int = 5) -> MetricResult:
     """Precision/recall (Kynkäänniemi et al., arXiv 1904.06991; k-NN balls, ``k_pr``) and
-    density/coverage (Naeem et al., arXiv 2002.09797; ``k_dc``)."""
+    density/coverage (Naeem et al., arXiv 2002.09797; ``k_dc``).  A point on a ball's edge is outside it (strict
+    ``<``), as in the authors' ``prdc`` package: a set against itself has density 1 with distinct points."""
     g, r = torch.as_tensor(_f64(gen)), torch.as_tensor(_f64(ref))
     _check_sets(g.numpy(), r.numpy())
     k_max = max(k_pr, k_dc)
@@ -243,10 +244,10 @@ def prdc(gen: Features, ref: Features, *, k_pr: int = 3, k_dc: int = 5) -> Metri
     d_gr = _pairwise_distances(g, r)                       # n_gen × n_ref
     radius_r_pr, radius_g_pr = _kth_neighbour_radius(r, k_pr), _kth_neighbour_radius(g, k_pr)
     radius_r_dc = _kth_neighbour_radius(r, k_dc)
-    precision = (d_gr <= radius_r_pr[None]).any(1).double().mean()
-    recall = (d_gr <= radius_g_pr[:, None]).any(0).double().mean()
-    density = (d_gr <= radius_r_dc[None]).double().sum() / (k_dc * len(g))
-    coverage = (d_gr.min(0).values <= radius_r_dc).double().mean()
+    precision = (d_gr < radius_r_pr[None]).any(1).double().mean()
+    recall = (d_gr < radius_g_pr[:, None]).any(0).double().mean()
+    density = (d_gr < radius_r_dc[None]).double().sum() / (k_dc * len(g))
+    coverage = (d_gr.min(0).values < radius_r_dc).double().mean()
     return MetricResult({"precision": float(precision), "recall": float(recall), "density": float(density),
                          "coverage": float(coverage)},
                         {"n_gen": len(g), "n_ref": len(r), "k_pr": k_pr, "k_dc": k_dc})

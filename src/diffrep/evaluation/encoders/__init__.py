@@ -6,8 +6,8 @@ changes the features — input size, resize mode, normalisation, output layer an
 SHA-256 of the weights — and is recorded with every result and keys the feature cache.
 
 Registry: ``inception`` (FID Inception-v3, pool3), ``dinov2-{s,b,l}14`` (CLS token),
-``clip`` (open_clip ViT-L/14 image embedding, optional extra), ``reference`` (diffrep's
-embedded-data CNN), ``pixels`` (raw pixels, flattened).
+``clip`` and ``clip-openai`` (CLIP ViT-L/14 class token, DataComp-XL or OpenAI weights), ``reference``
+(diffrep's embedded-data CNN), ``pixels`` (raw pixels, flattened).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffrep.evaluation.encoders.resize import RESIZE_MODES, resize
+from diffrep.evaluation.encoders.resize import RESIZE_MODES, RESIZE_REFERENCES, resize
 from diffrep.errors import DiffrepError
 
 # (mean, std) applied to images in [0, 1]
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "[0,1]": ((0.0,), (1.0,)),
-    "[-1,1]": ((0.5,), (0.5,)),
+    "[-1,1]": ((0.5,), (0.5,)),                 # x/127.5 - 1 on 0-255 values (pytorch-fid)
+    "tf": ((128 / 255,), (128 / 255,)),        # (x - 128)/128 on 0-255 values (the TF Inception graph)
     "centred": ((0.5,), (1.0,)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
@@ -44,6 +45,7 @@ class EncoderSpec:
     layer: str                    # which output the features are
     weights_sha256: str           # of the state dict (names, shapes, dtypes, values)
     channels: int | None = 3      # channels the net takes (grey images are repeated); None: any
+    reference: str = ""           # the implementation whose preprocessing this reproduces
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,8 +98,8 @@ class Encoder(nn.Module):
     def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise DiffrepError(f"encoders take uint8 N×C×H×W images, got {images.dtype} of shape {tuple(images.shape)}")
-        x = self._match_channels(images.float() / 255.0)
-        return (resize(x, self.spec.input_size, self.spec.resize) - self.mean) / self.std
+        x = resize(self._match_channels(images), self.spec.input_size, self.spec.resize)
+        return (x - self.mean) / self.std
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> Encoded:
@@ -137,29 +139,49 @@ class _ReferenceFeatures(nn.Module):
         return self.cnn.body(x).flatten(2).transpose(1, 2)
 
 
-def _inception(weights: str | None, resize_mode: str | None) -> Encoder:
+def _spec(name: str, size: int | None, mode: str, normalization: str, layer: str, net: nn.Module,
+          channels: int | None = 3) -> EncoderSpec:
+    return EncoderSpec(name, size, mode, normalization, layer, state_dict_sha256(net), channels, RESIZE_REFERENCES[mode])
+
+
+def inception_encoder(weights: str | None = None, resize_mode: str | None = None, layer: str | None = None,
+                      logits_bias: bool = False) -> Encoder:
+    """FID Inception-v3: ``clean`` by default; every mode scales inputs as (x − 128)/128 like the TF graph, but
+    ``bilinear``, which is pytorch-fid's pair (x/127.5 − 1). IS logits omit the classifier bias, as the original IS
+    code and torch-fidelity do (``logits_bias=True`` only to reproduce numbers of tools that keep it)."""
     from diffrep.evaluation.encoders.inception import load_fid_inception
 
-    net = load_fid_inception(weights)
-    return Encoder(EncoderSpec("inception", 299, resize_mode or "clean", "[-1,1]", "pool3", state_dict_sha256(net)), net)
+    _no_layers("inception", layer)
+    net = load_fid_inception(weights, logits_bias=logits_bias)
+    mode = resize_mode or "clean"
+    logits = "logits with bias" if logits_bias else "logits without bias"
+    return Encoder(_spec("inception", 299, mode, "[-1,1]" if mode == "bilinear" else "tf", f"pool3; {logits}", net),
+                   net)
 
 
-def _dinov2(name: str) -> Callable[[str | None, str | None], Encoder]:
-    def build(weights: str | None, resize_mode: str | None) -> Encoder:
+def _dinov2(name: str) -> Callable[..., Encoder]:
+    def build(weights: str | None, resize_mode: str | None, layer: str | None = None) -> Encoder:
         from diffrep.evaluation.encoders.dinov2 import load_dinov2
 
+        _no_layers(name, layer)
         net = load_dinov2(name, weights)
-        spec = EncoderSpec(name, 224, resize_mode or "bicubic", "imagenet", "cls", state_dict_sha256(net))
-        return Encoder(spec, net)
+        return Encoder(_spec(name, 224, resize_mode or "pil-bicubic", "imagenet", "cls", net), net)
     return build
 
 
-def _clip(weights: str | None, resize_mode: str | None) -> Encoder:
-    from diffrep.evaluation.encoders.clip import load_clip_image_tower
+def _clip(name: str) -> Callable[..., Encoder]:
+    def build(weights: str | None, resize_mode: str | None, layer: str | None = None) -> Encoder:
+        from diffrep.evaluation.encoders.clip import load_clip
 
-    net = load_clip_image_tower(weights)
-    return Encoder(EncoderSpec("clip", 224, resize_mode or "bicubic", "clip", "image_embeds", state_dict_sha256(net)),
-                   net)
+        net = load_clip(name, weights, layer or "cls")
+        return Encoder(_spec(name, 224, resize_mode or "pil-bicubic", "clip", net.layer, net), net)
+    return build
+
+
+def _no_layers(name: str, layer: str | None) -> None:
+    if layer is not None:
+        raise DiffrepError(f"the {name} encoder has one layer: drop ':{layer}' (only clip and clip-openai take "
+                           "':cls' or ':projected')")
 
 
 def reference_dataset(data: str | None) -> str:
@@ -177,26 +199,31 @@ def reference_dataset(data: str | None) -> str:
     return name
 
 
-def _reference(weights: str | None, resize_mode: str | None, data: str | None = None) -> Encoder:
+def _reference(weights: str | None, resize_mode: str | None, layer: str | None = None,
+               data: str | None = None) -> Encoder:
     from diffrep.reference import load_reference
 
+    _no_layers("reference", layer)
     net = _ReferenceFeatures(load_reference("mnist5k" if weights else reference_dataset(data), weights))
-    return Encoder(EncoderSpec("reference", None, resize_mode or "none", "centred", "fc128", state_dict_sha256(net),
-                               channels=None), net)
+    return Encoder(_spec("reference", None, resize_mode or "none", "centred", "fc128", net, channels=None), net)
 
 
-def _pixels(weights: str | None, resize_mode: str | None) -> Encoder:
+def _pixels(weights: str | None, resize_mode: str | None, layer: str | None = None) -> Encoder:
     if weights:
         raise DiffrepError("the pixels encoder has no weights: drop --encoder-weights")
-    return Encoder(EncoderSpec("pixels", None, resize_mode or "none", "[0,1]", "flat", "none", channels=None), _Flatten())
+    _no_layers("pixels", layer)
+    mode = resize_mode or "none"
+    return Encoder(EncoderSpec("pixels", None, mode, "[0,1]", "flat", "none", None, RESIZE_REFERENCES[mode]),
+                   _Flatten())
 
 
-ENCODERS: dict[str, Callable[[str | None, str | None], Encoder]] = {
-    "inception": _inception,
+ENCODERS: dict[str, Callable[..., Encoder]] = {
+    "inception": inception_encoder,
     "dinov2-s14": _dinov2("dinov2-s14"),
     "dinov2-b14": _dinov2("dinov2-b14"),
     "dinov2-l14": _dinov2("dinov2-l14"),
-    "clip": _clip,
+    "clip": _clip("clip"),
+    "clip-openai": _clip("clip-openai"),
     "reference": _reference,
     "pixels": _pixels,
 }
@@ -204,19 +231,24 @@ ENCODERS: dict[str, Callable[[str | None, str | None], Encoder]] = {
 
 def get_encoder(name: str, weights: str | Path | None = None, resize_mode: str | None = None,
                 data: str | None = None) -> Encoder:
-    """A registered encoder; ``weights`` is a local file (default: the official download), ``resize_mode`` overrides;
-    ``data`` (a dataset spec) picks the ``reference`` encoder of that built-in dataset."""
-    if name not in ENCODERS:
+    """A registered encoder, ``NAME`` or ``NAME:LAYER`` (``clip:projected``); ``weights`` is a local file (default:
+    the official download), ``resize_mode`` overrides; ``data`` (a dataset spec) picks the ``reference`` encoder
+    of that built-in dataset."""
+    base, _, layer = name.partition(":")
+    if base not in ENCODERS:
         raise DiffrepError(f"unknown encoder {name!r}: choose from {', '.join(ENCODERS)}")
     if resize_mode is not None and resize_mode not in RESIZE_MODES:
         raise DiffrepError(f"unknown resize mode {resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
     weights = None if weights is None else str(weights)
-    return _reference(weights, resize_mode, data) if name == "reference" else ENCODERS[name](weights, resize_mode)
+    if base == "reference":
+        return _reference(weights, resize_mode, layer or None, data)
+    return ENCODERS[base](weights, resize_mode, layer or None)
 
 
 def encoder_from_module(module: nn.Module, name: str, *, input_size: int | None = None, resize_mode: str = "bicubic",
                         normalization: str = "imagenet", layer: str = "output", channels: int | None = 3) -> Encoder:
     """Wrap any ``nn.Module`` (normalised float images → features or ``(features, logits)``) as an encoder."""
-    spec = EncoderSpec(name, input_size, resize_mode, normalization, layer, state_dict_sha256(module), channels)
-    return Encoder(spec, module)
+    if resize_mode not in RESIZE_MODES:
+        raise DiffrepError(f"unknown resize mode {resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+    return Encoder(_spec(name, input_size, resize_mode, normalization, layer, module, channels), module)
 

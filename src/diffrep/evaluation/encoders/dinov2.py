@@ -5,7 +5,9 @@ by its torch.hub entry points (``dinov2_vits14`` etc.): ``cls_token``, ``pos_emb
 ``patch_embed.proj``, ``blocks.{i}.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}``, ``norm``.
 The hub builds every backbone with ``block_chunks=0`` and loads the released ``*_pretrain.pth`` files strictly, so
 the official files (ViT-L/14 included) hold flat ``blocks.{i}.…`` keys, never FSDP-chunked ``blocks.{c}.{i}.…``.
-Only the non-register models are covered: no ``register_tokens``, positional-embedding interpolation with the
+Files in transformers' ``Dinov2Model`` layout (``embeddings.*``, ``encoder.layer.{i}.*``, ``layernorm``; the
+query/key/value names of transformers 4 and 5 alike) are mapped onto these names; the official positional-embedding
+interpolation is kept (transformers' own differs from it). Only the non-register models are covered: no ``register_tokens``, positional-embedding interpolation with the
 0.1 offset and without antialiasing (the register models use offset 0 and antialias).
 """
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffrep.evaluation.encoders.weights import check_state_dict, read_state_dict
+from diffrep.evaluation.encoders.weights import check_state_dict, read_state_dict, weights_file
 from diffrep.errors import DiffrepError
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/dinov2"
@@ -177,6 +179,38 @@ class DinoV2ViT(nn.Module):
         return self.norm(self._blocks(x)[:, 1:]).float()
 
 
+def _from_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A transformers ``Dinov2Model`` (or ``Dinov2For…``, prefix ``dinov2.``) state dict in the official names."""
+    state = {key.removeprefix("dinov2."): value for key, value in state.items() if not key.startswith("classifier.")}
+    if "embeddings.cls_token" not in state:
+        return state
+
+    def get(*keys: str) -> Tensor:
+        for key in keys:
+            if key in state:
+                return state[key]
+        raise DiffrepError(f"a transformers DINOv2 file without {keys[0]}: not a Dinov2Model")
+
+    out = {"cls_token": get("embeddings.cls_token"), "mask_token": get("embeddings.mask_token"),
+           "pos_embed": get("embeddings.position_embeddings")}
+    for part in ("weight", "bias"):
+        out[f"patch_embed.proj.{part}"] = get(f"embeddings.patch_embeddings.projection.{part}")
+        out[f"norm.{part}"] = get(f"layernorm.{part}")
+    layers = {int(key.split(".")[2]) for key in state if key.startswith("encoder.layer.")}
+    for i in sorted(layers):
+        src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
+        attn = src + "attention."
+        for part in ("weight", "bias"):
+            out[f"{dst}attn.qkv.{part}"] = torch.cat([get(f"{attn}{new}_proj.{part}", f"{attn}attention.{old}.{part}")
+                                                     for new, old in (("q", "query"), ("k", "key"), ("v", "value"))])
+            out[f"{dst}attn.proj.{part}"] = get(f"{attn}o_proj.{part}", f"{attn}output.dense.{part}")
+            for name in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+                out[f"{dst}{name}.{part}"] = get(f"{src}{name}.{part}")
+        out[dst + "ls1.gamma"] = get(src + "layer_scale1.lambda1")
+        out[dst + "ls2.gamma"] = get(src + "layer_scale2.lambda1")
+    return out
+
+
 def _model_kwargs(name: str, config: dict | None) -> dict:
     arch = {**DINOV2_CONFIGS[name], **(config or {})}
     unknown = sorted(set(config or {}) - set(_ARCH_KEYS))
@@ -189,7 +223,8 @@ def load_dinov2(name: str, weights: str | Path | None = None, *, config: dict | 
     """Build the DINOv2 backbone ``name`` (arXiv 2304.07193) and load its weights strictly, in eval mode.
 
     ``weights``: ``None`` downloads the official checkpoint (torch.hub cache); a path reads a ``.safetensors``
-    file or a torch pickle (``weights_only``) in the official key layout. ``config`` overrides architecture
+    file or a torch pickle (``weights_only``) in the official or the transformers key layout, or a transformers
+    folder (its ``model.safetensors``). ``config`` overrides architecture
     entries of the registry (``embed_dim``, ``depth``, ``num_heads``, ``patch_size``, ``pretrain_grid``), for
     tiny test models. Any key or shape mismatch raises ``DiffrepError``; nothing is inferred from the file.
     """
@@ -198,7 +233,10 @@ def load_dinov2(name: str, weights: str | Path | None = None, *, config: dict | 
     kwargs = _model_kwargs(name, config)
     with torch.device("meta"):
         model = DinoV2ViT(**kwargs)
+    if weights is not None:
+        weights = weights_file(weights, ("model.safetensors", "pytorch_model.bin"))
     state, source = read_state_dict(weights, DINOV2_CONFIGS[name]["url"], name)
+    state = _from_transformers(state) if isinstance(state, dict) else state
     expected = model.state_dict()
     check_state_dict(state, expected, name, source)
     model.load_state_dict({key: state[key].to(torch.float32) for key in expected}, strict=True, assign=True)

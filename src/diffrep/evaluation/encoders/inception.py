@@ -14,7 +14,7 @@ The TensorFlow graph differs from torchvision's Inception3 in a few places, all 
 * 1008 logits and no auxiliary classifier;
 * BatchNorm with eps 0.001 and no ``num_batches_tracked`` buffer (the file has none).
 
-The net takes N×3×299×299 images already scaled to [-1, 1]; resizing and scaling happen in the encoder wrapper.
+The net takes N×3×299×299 images already scaled to about [-1, 1]; resizing and scaling happen in the encoder wrapper.
 """
 
 from __future__ import annotations
@@ -191,12 +191,13 @@ class FIDInceptionV3(nn.Module):
     """TensorFlow's 2015-12-05 Inception-v3 as used by FID (arXiv 1706.08500; architecture arXiv 1512.00567).
 
     ``forward(x)`` takes float N×3×299×299 images scaled to [-1, 1] and returns ``(pool3, logits)``: the
-    N×2048 global average pool after Mixed_7c (the FID features) and the N×1008 logits ``fc(pool3)`` (for
-    Inception Score), both float32 even under autocast.
+    N×2048 global average pool after Mixed_7c (the FID features) and the N×1008 logits ``pool3·Wᵀ`` for
+    Inception Score (``+ b`` only with ``logits_bias``), both float32 even under autocast.
     """
 
-    def __init__(self):
+    def __init__(self, logits_bias: bool = False):
         super().__init__()
+        self.logits_bias = logits_bias
         self.Conv2d_1a_3x3 = ConvBN(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = ConvBN(32, 32, 3)
         self.Conv2d_2b_3x3 = ConvBN(32, 64, 3, padding=1)
@@ -221,7 +222,7 @@ class FIDInceptionV3(nn.Module):
         for layer in self.features():
             x = layer(x)
         pool3 = x.float().mean(dim=(2, 3))
-        logits = self.fc(pool3)
+        logits = F.linear(pool3, self.fc.weight, self.fc.bias if self.logits_bias else None)
         return pool3, logits.float()
 
     def features(self) -> list[nn.Module]:
@@ -231,8 +232,10 @@ class FIDInceptionV3(nn.Module):
                 self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c]
 
 
-def load_fid_inception(weights: str | Path | None = None) -> FIDInceptionV3:
-    """The FID Inception-v3 in eval mode with the given weights (arXiv 1706.08500).
+def load_fid_inception(weights: str | Path | None = None, *, logits_bias: bool = False) -> FIDInceptionV3:
+    """The FID Inception-v3 in eval mode with the given weights (arXiv 1706.08500); its logits omit the classifier
+    bias unless ``logits_bias`` (the original IS code and torch-fidelity omit it; keep it only to reproduce tools
+    that do not).
 
     ``weights=None`` downloads pytorch-fid's official file from :data:`FID_WEIGHTS_URL` (cached by
     ``torch.hub``); otherwise it is a local ``.safetensors`` file or a ``torch.save``'d state dict.  The state
@@ -242,7 +245,7 @@ def load_fid_inception(weights: str | Path | None = None) -> FIDInceptionV3:
     state, source = read_state_dict(weights, FID_WEIGHTS_URL, "FID Inception-v3")
     if isinstance(state, dict):
         state = {k: v for k, v in state.items() if not k.endswith(".num_batches_tracked")}
-    net = FIDInceptionV3()
+    net = FIDInceptionV3(logits_bias)
     check_state_dict(state, net.state_dict(), "FID Inception-v3", source)
     net.load_state_dict(state, strict=True)
     return net.eval()

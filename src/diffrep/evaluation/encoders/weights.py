@@ -1,10 +1,13 @@
 """Reading encoder weights: the official download or a local file, checked key by key against the network.
 
-Never unpickles code: ``.pth`` files are read with ``weights_only=True``, ``.safetensors`` with safetensors.
+Never unpickles code: ``.pth`` files are read with ``weights_only=True``, ``.safetensors`` with safetensors, and a
+TorchScript archive (OpenAI's CLIP ``.pt``) with ``torch.jit.load``, which runs no Python code, for its tensors only.
 """
 
 from __future__ import annotations
 
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -29,6 +32,10 @@ def read_state_dict(weights: str | Path | None, url: str, what: str) -> tuple[di
     if not path.is_file():
         raise DiffrepError(f"{what} weights file not found: {path}")
     if path.suffix != ".safetensors":
+        if _is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), str(path)
         return load_torch_file(path, f"{what} weights file"), str(path)
     from safetensors.torch import load_file
 
@@ -38,6 +45,24 @@ def read_state_dict(weights: str | Path | None, url: str, what: str) -> tuple[di
         reason = " ".join(str(err).split())
         raise DiffrepError(f"cannot read {what} weights file {path}: {reason}") from None
     return state, str(path)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def weights_file(path: str | Path, names: tuple[str, ...]) -> Path:
+    """``path`` itself, or for a folder (a hub snapshot) the first of ``names`` in it."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise DiffrepError(f"{path} is a folder without a weights file ({', '.join(names)}): pass the file itself")
 
 
 def check_state_dict(state: object, expected: dict[str, Tensor], what: str, source: str) -> None:
