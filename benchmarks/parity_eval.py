@@ -102,6 +102,15 @@ def fds(gen: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return (metrics.fd(gen, ref, reference_sqrtm=True).values["fd"], metrics.fd(gen, ref).values["fd"])
 
 
+def bf16_deviation(encoder: tuple, gen: torch.Tensor, ref: torch.Tensor, fp32_gen: torch.Tensor,
+                   fp32_fd: float) -> dict[str, float]:
+    """The same encoder under bf16 autocast: mean per-sample relative L2 change of the features, FD change."""
+    name, weights, mode = encoder
+    bg, br = ours(name, weights, gen, mode, "bf16"), ours(name, weights, ref, mode, "bf16")
+    per_sample = (bg.features - fp32_gen).norm(dim=1) / fp32_gen.norm(dim=1)
+    return {"bf16_sample_rel": float(per_sample.mean()), "bf16_fd_rel": rel(fds(bg.features, br.features)[1], fp32_fd)}
+
+
 @torch.no_grad()
 def batched(fn, items, size: int = 25) -> torch.Tensor:
     return torch.cat([fn(items[i:i + size]) for i in range(0, len(items), size)])
@@ -178,6 +187,8 @@ def inception_rows(sets: dict, tmp: Path) -> list[dict]:
                 is_peer = isc_features_to_metric(logits, splits=1, shuffle=False)["inception_score_mean"]
                 row["is_rel"] = rel(metrics.inception_score(og.logits, splits=1).values["is"], is_peer)
                 row["logits_rel"] = feat_rel(og.logits, logits)
+            if mode == "clean":
+                row.update(bf16_deviation(("inception", str(path), mode), gen, ref, og.features, fd_exact))
             if mode == "bilinear":
                 peer = prdc_package.compute_prdc(real_features=pr.numpy(), fake_features=pg.numpy(), nearest_k=5)
                 mine = metrics.prdc(og.features, orf.features, k_pr=5, k_dc=5).values
@@ -239,10 +250,7 @@ def vit_rows(sets: dict, pipelines: list[tuple]) -> list[dict]:
                    "feat_rel": max(feat_rel(og.features, peer[0]), feat_rel(orf.features, peer[1])),
                    "fd": fd_ours, "fd_rel": rel(fd_ours, fd_peer), "fd_exact_rel": rel(fd_exact, fd_peer)}
             if mode is None:
-                bg, br = ours(name, weights, gen, mode, "bf16"), ours(name, weights, ref, mode, "bf16")
-                per_sample = (bg.features - og.features).norm(dim=1) / og.features.norm(dim=1)
-                row["bf16_sample_rel"] = float(per_sample.mean())
-                row["bf16_fd_rel"] = rel(fds(bg.features, br.features)[1], fd_exact)
+                row.update(bf16_deviation((name, weights, mode), gen, ref, og.features, fd_exact))
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             print(table([row], list(row)), flush=True)

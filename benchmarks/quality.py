@@ -37,7 +37,7 @@ from diffrep.train import Trainer
 def judge_run(run: Path, n: int, sampler: str = "euler:50", **sample_kw) -> dict:
     npz = run / "bench_samples.npz"
     name, steps = sampler.split(":")
-    done = sample_run(run, npz, n=n, sampler=name, steps=int(steps), progress=False, **sample_kw)
+    done = sample_run(run, npz, n=n, sampler=name, steps=int(steps), progress=False, compile_net=False, **sample_kw)
     verdict = judge(load_npz(npz)).as_dict()
     return {**verdict, "sampler": sampler, "nfe": done["nfe"], "cfg": done["cfg"], "cfg_interval": done["cfg_interval"],
             "sample_seconds": round(done["seconds"], 1)}

@@ -32,7 +32,8 @@ def main() -> None:
     rows = []
     for sampler, steps, rho in GRID:
         npz = a.run / f"bench_{sampler}_{steps}_{rho}.npz"
-        done = sample_run(a.run, npz, n=a.n, sampler=sampler, steps=steps, grid_rho=rho, seed=a.seed, progress=False)
+        done = sample_run(a.run, npz, n=a.n, sampler=sampler, steps=steps, grid_rho=rho, seed=a.seed, progress=False,
+                          compile_net=False)
         verdict = judge(load_npz(npz)).as_dict()
         rows.append({"sampler": sampler, "steps": steps, "grid_rho": rho or "default", "nfe": done["nfe"],
                      "seconds": round(done["seconds"], 1), **verdict})

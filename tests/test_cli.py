@@ -105,7 +105,11 @@ def test_train_then_sample_a_tiny_run(cli, tmp_path, monkeypatch):
     args = ("--n", 12, "--steps", 3, "--no-progress", "--batch-size", 4)
     assert cli("sample", run, *args, "--out", tmp_path / "eager.npz")[0] == 0
     assert cli("sample", run, *args, "--compile", "--out", tmp_path / "compiled.npz")[0] == 0
-    assert len(compiled) == 1
+    assert len(compiled) == 1, "auto does not compile 12 images × 3 calls; --compile alone does"
+    assert cli("sample", run, *args, "--compile", "off", "--out", tmp_path / "off.npz")[0] == 0 and len(compiled) == 1
+    from diffrep.generate import compile_pays
+
+    assert compile_pays(1000, 50) and compile_pays(500, 100) and not compile_pays(999, 50)
     with np.load(tmp_path / "eager.npz") as e, np.load(tmp_path / "compiled.npz") as c:
         assert np.array_equal(e["arr_0"], c["arr_0"])
 
