@@ -141,7 +141,8 @@ class _ReferenceFeatures(nn.Module):
 
 def _spec(name: str, size: int | None, mode: str, normalization: str, layer: str, net: nn.Module,
           channels: int | None = 3) -> EncoderSpec:
-    return EncoderSpec(name, size, mode, normalization, layer, state_dict_sha256(net), channels, RESIZE_REFERENCES[mode])
+    return EncoderSpec(name, size, mode, normalization, layer, state_dict_sha256(net), channels,
+                       RESIZE_REFERENCES[mode])
 
 
 def inception_encoder(weights: str | None = None, resize_mode: str | None = None, layer: str | None = None,

@@ -7,8 +7,9 @@ The hub builds every backbone with ``block_chunks=0`` and loads the released ``*
 the official files (ViT-L/14 included) hold flat ``blocks.{i}.…`` keys, never FSDP-chunked ``blocks.{c}.{i}.…``.
 Files in transformers' ``Dinov2Model`` layout (``embeddings.*``, ``encoder.layer.{i}.*``, ``layernorm``; the
 query/key/value names of transformers 4 and 5 alike) are mapped onto these names; the official positional-embedding
-interpolation is kept (transformers' own differs from it). Only the non-register models are covered: no ``register_tokens``, positional-embedding interpolation with the
-0.1 offset and without antialiasing (the register models use offset 0 and antialias).
+interpolation is kept (transformers' own differs from it). Only the non-register models are covered: no
+``register_tokens``, positional-embedding interpolation with the 0.1 offset and without antialiasing (the register
+models use offset 0 and antialias).
 """
 
 from __future__ import annotations
