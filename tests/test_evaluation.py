@@ -94,6 +94,8 @@ def test_registry_errors_are_one_line_and_name_the_fix():
         get_encoder("pixels", weights="w.safetensors")
     with pytest.raises(DiffrepError, match="has one layer"):
         get_encoder("pixels:projected")
+    with pytest.raises(DiffrepError, match="use clip:cls or clip:projected"):     # before any download
+        get_encoder("clip:tokens")
 
 
 def test_inception_and_dinov2_load_through_the_users_path(tmp_path):

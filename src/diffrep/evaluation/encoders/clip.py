@@ -200,6 +200,8 @@ def load_clip(name: str = "clip", weights: str | Path | None = None, layer: str 
     ``config`` overrides architecture entries (``width``, ``layers``, ``heads``, …) for small test models."""
     if name not in CLIP_CONFIGS:
         raise DiffrepError(f"unknown CLIP encoder {name!r}; valid names: {', '.join(CLIP_CONFIGS)}")
+    if layer not in LAYERS:
+        raise DiffrepError(f"unknown CLIP layer {layer!r}: use {name}:cls or {name}:projected")
     unknown = sorted(set(config or {}) - set(_ARCH_KEYS))
     if unknown:
         raise DiffrepError(f"unknown CLIP config keys {unknown}; allowed: {', '.join(_ARCH_KEYS)}")
