@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The feature cache (the judge's reference side among others) goes to a folder of this test run, never to the
+# user's ~/.cache; tests that look at the cache set their own.
+os.environ["DIFFREP_CACHE"] = tempfile.mkdtemp(prefix="diffrep-test-cache-")
 if torch.cuda.is_available():  # the bit-identity tests then hold on a GPU machine too
     from diffrep.runtime import use_deterministic_kernels
 
