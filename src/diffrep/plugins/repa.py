@@ -29,7 +29,7 @@ class REPA(Plugin):
     The student's tokens after block ``depth`` go through a projector MLP
     (Linear–SiLU–Linear–SiLU–Linear) and are pulled towards the patch tokens of a frozen encoder
     applied to the *clean* image, token by token: loss ``λ·(−mean cos)``, averaged once over
-    tokens and batch (the reference code's double batch-mean is not repeated).  Grids of different
+    tokens and batch, as the reference code does (its second ``.mean()`` acts on a scalar).  Grids of different
     size are matched by bilinear interpolation of the encoder's grid.  The encoder runs in
     inference mode, preprocessing the images exactly as its spec declares; it is not a head and is
     not checkpointed.

@@ -33,8 +33,9 @@ class SRA(Plugin):
     plug-in draws; under EDM the gap is taken in the flow time σ/(1 + σ):
     :meth:`~diffrep.processes.Process.less_noisy`), with the same noise and labels and no gradient.  The student's tokens after
     ``student_block`` pass through a head Linear(D→2D)–SiLU–Linear(2D→D_teacher) and are pulled to
-    the teacher's tokens after ``teacher_block``: loss ``weight·(1 − mean cos)`` (the paper moved
-    from smooth-L1 to cosine because the former grew with the feature norms).
+    the teacher's tokens after ``teacher_block``: loss ``weight·(1 − mean cos)``, a per-token cosine at a
+    constant weight.  This is neither the paper's loss (smooth-L1, β 0.05, λ 0.2 decayed after epoch 149) nor
+    the official code's current default (a cosine taken over the token axis); neither is an option here yet.
     """
 
     name = "sra"
