@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from helpers import SMOKE, assert_bit_identical, weights
 from diffrep.checkpoint import latest_checkpoint
@@ -61,6 +62,24 @@ def test_schedules():
     assert schedule_factor("step:10", 9) == 1.0 and schedule_factor("step:10", 10) == 0.0
 
 
+def test_sra_losses_follow_their_definitions():
+    from diffrep.plugins.sra import alignment_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 16, 8), torch.randn(2, 16, 8)
+    per_token = F.cosine_similarity(student, teacher, dim=-1)          # one per (sample, token)
+    per_channel = F.cosine_similarity(student, teacher, dim=1)         # one per (sample, channel)
+    assert per_token.shape == (2, 16) and per_channel.shape == (2, 8)
+    torch.testing.assert_close(alignment_loss("cos", student, teacher), 1 - per_token.mean())
+    torch.testing.assert_close(alignment_loss("cos-tokens", student, teacher), 1 - per_channel.mean())
+    diff = (student - teacher).abs()
+    sml1 = torch.where(diff < 0.05, 0.5 * diff**2 / 0.05, diff - 0.025).mean()
+    torch.testing.assert_close(alignment_loss("sml1", student, teacher), sml1)
+    assert alignment_loss("sml1", 2 * teacher, 2 * teacher) == 0 and alignment_loss("cos", 2 * teacher, teacher) < 1e-6
+    with pytest.raises(DiffrepError, match="unknown loss 'l2'.*sml1"):
+        parse_plugin("sra:loss=l2")
+
+
 def test_token_grids_match_by_interpolation_or_fail_clearly():
     tokens = torch.arange(4.0).reshape(1, 4, 1)
     assert match_token_grid(tokens, 16).shape == (1, 16, 1)
@@ -71,7 +90,8 @@ def test_token_grids_match_by_interpolation_or_fail_clearly():
 WITHOUT_TERMS = {"cep": lambda net: list(net.y_embedder.parameters()),      # the perturbed embedding still learns
                  "selfcond": lambda net: list(net.self_cond.parameters())}
 """Plug-ins with no loss term or head, and the net parameters each must train."""
-GRADIENT_SPECS = ["repa:depth=2", "sra:student_block=2,teacher_block=3", "erw:warmup_steps=0", "context", "umd",
+GRADIENT_SPECS = ["repa:depth=2", "sra:student_block=2,teacher_block=3", "sra:loss=sml1", "erw:warmup_steps=0",
+                  "context", "umd",
                   *WITHOUT_TERMS]
 
 

@@ -11,6 +11,23 @@ from diffrep.errors import DiffrepError
 from diffrep.plugins.base import Plugin, schedule_factor
 from diffrep.plugins.tokens import hidden_shape, mlp, token_dim, as_tokens, match_token_grid
 
+SRA_LOSSES = {
+    "cos": "1 − cosine per token over channels, averaged (diffrep's default)",
+    "cos-tokens": "1 − cosine per channel over the token axis, averaged (the official code's current default, dim=1)",
+    "sml1": "smooth-L1 with β 0.05 (the paper's runs; it used weight 0.2, decayed late: schedule=step:S)",
+}
+"""SRA's alignment losses between the head's student tokens and the teacher's tokens (``B×N×D``)."""
+
+SML1_BETA = 0.05
+
+
+def alignment_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """The :data:`SRA_LOSSES` entry ``kind`` of ``B×N×D`` token sets."""
+    if kind == "sml1":
+        return F.smooth_l1_loss(student, teacher, beta=SML1_BETA)
+    return 1 - F.cosine_similarity(student, teacher, dim=1 if kind == "cos-tokens" else -1).mean()
+
+
 @dataclass
 class SraOptions:
     student_block: int = 2          # SiT-XL: 8
@@ -18,8 +35,11 @@ class SraOptions:
     weight: float = 0.5
     time_gap: float = 0.2           # teacher time t' = t − time_gap·U(0, 1)·t_max, not below t_min
     schedule: str = "constant"
+    loss: str = "cos"               # cos | cos-tokens | sml1 (see SRA_LOSSES)
 
     def __post_init__(self):
+        if self.loss not in SRA_LOSSES:
+            raise DiffrepError(f"sra: unknown loss {self.loss!r}: choose {', '.join(SRA_LOSSES)}")
         if self.teacher_block <= self.student_block:
             raise DiffrepError(f"sra: teacher_block ({self.teacher_block}) must be deeper than student_block "
                                f"({self.student_block})")
@@ -34,8 +54,9 @@ class SRA(Plugin):
     :meth:`~diffrep.processes.Process.less_noisy`), with the same noise and labels and no gradient.  The student's tokens after
     ``student_block`` pass through a head Linear(D→2D)–SiLU–Linear(2D→D_teacher) and are pulled to
     the teacher's tokens after ``teacher_block``: loss ``weight·(1 − mean cos)``, a per-token cosine at a
-    constant weight.  This is neither the paper's loss (smooth-L1, β 0.05, λ 0.2 decayed after epoch 149) nor
-    the official code's current default (a cosine taken over the token axis); neither is an option here yet.
+    constant weight, by default.  ``loss=sml1`` is the paper's loss (smooth-L1, β 0.05; its runs used λ 0.2
+    decayed after epoch 149: ``weight=0.2,schedule=step:S``), ``loss=cos-tokens`` the official code's current
+    default (a cosine taken over the token axis).
     """
 
     name = "sra"
@@ -65,5 +86,5 @@ class SRA(Plugin):
             hidden = self.process.denoiser(ema, autocast).hidden(x_teacher, t_teacher, batch.cond, (self.teacher_tap,))
         student = self.head(as_tokens(output.taps[self.taps[0]]).float()).float()
         teacher = match_token_grid(as_tokens(hidden[self.teacher_tap]).float(), student.shape[1])
-        cos = F.cosine_similarity(student, teacher, dim=-1).mean()
-        return {"align": self.options.weight * schedule_factor(self.options.schedule, step) * (1 - cos)}
+        loss = alignment_loss(self.options.loss, student, teacher)
+        return {"align": self.options.weight * schedule_factor(self.options.schedule, step) * loss}
