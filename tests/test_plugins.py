@@ -13,7 +13,7 @@ from diffrep.checkpoint import latest_checkpoint
 from diffrep.config import make_config, preset
 from diffrep.errors import DiffrepError
 from diffrep.nets import build_net
-from diffrep.plugins import WarmStart, build_plugins, match_token_grid, parse_plugin, schedule_factor
+from diffrep.plugins import build_plugins, match_token_grid, parse_plugin, schedule_factor
 from diffrep.rng import BatchDraws
 from diffrep.runs import load_run
 from diffrep.train import Trainer
@@ -261,31 +261,6 @@ def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
         torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
         cep.transform_batch(Batch(x, y, t, torch.zeros_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 2))
         torch.testing.assert_close(CompiledOrEager(make_net())(x, t, y)[0], plain(x, t, y)[0], atol=1e-5, rtol=1e-4)
-
-
-def test_erw_transfers_exactly_the_warmed_up_tensors(tmp_path):
-    cfg = make_config(preset("smoke"), {"model": "DiT-T/4", "plugins": ["erw:depth=2,warmup_steps=3"], "precision": "fp32"})
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)   # a fresh run: the warm-up has run
-    erw = trainer.plugins[0]
-    assert trainer.net.state_dict().keys() == trainer.ema.state_dict().keys()
-    assert all(torch.equal(a, b) for a, b in zip(trainer.net.state_dict().values(), trainer.ema.state_dict().values()))
-    assert len(erw.warmup_align) == 2 and erw.warmup_align[1] < erw.warmup_align[0], "the warm-up aligns"
-
-    torch.manual_seed(0)
-    net = build_net("DiT-T/4", 8, 1, 10)
-    initial = {k: v.clone() for k, v in net.state_dict().items()}
-    warm = WarmStart(trainer.warmup_batch, lambda params: torch.optim.AdamW(params, lr=1e-3), False)
-    student, projector = erw.warm_up(net, warm)
-    erw.transfer(student, projector, net)
-    after = net.state_dict()
-    assert {k.split(".")[0] for k in erw.transferred} == {"x_embedder", "t_embedder", "y_embedder", "blocks"}
-    assert {k.split(".")[1] for k in erw.transferred if k.startswith("blocks.")} == {"0", "1"}, "blocks 1…depth"
-    for k in after:
-        if k in erw.transferred:
-            assert torch.equal(after[k], student.state_dict()[k]) and not torch.equal(after[k], initial[k]), k
-        else:
-            assert torch.equal(after[k], initial[k]), f"{k} is not warmed up, so it keeps its initialisation"
-    assert all(torch.equal(a, b) for a, b in zip(erw.projector.state_dict().values(), projector.state_dict().values()))
 
 
 def test_selfcond_is_part_of_the_sampling_model_and_starts_as_the_plain_net(cli, tmp_path):

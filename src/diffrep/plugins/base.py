@@ -16,12 +16,15 @@ from diffrep.rng import BatchDraws
 class WarmStart:
     """What :meth:`Plugin.initialize` may use: ``batch(k)``, the ``k``-th warm-up batch (the global
     batch, on the device, with its own random draws); the run's optimiser for given parameters;
-    bf16 autocast on or off; whether to show progress."""
+    bf16 autocast on or off; whether to show progress; and the main loop's gradient clipping (0: off) and
+    learning rate at step ``k`` (``None``: the optimiser's own), so that a warm-up trains as the run does."""
 
     batch: Callable[[int], Batch]
     make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
     autocast: bool
     progress: bool = False
+    grad_clip: float = 0.0
+    lr_at: Callable[[int], float] | None = None
 
 
 class Plugin(nn.Module):

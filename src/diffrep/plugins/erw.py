@@ -34,7 +34,8 @@ class ERW(REPA):
     Phase 1 (:meth:`initialize`, a fresh run only): a copy of the net and of the REPA projector
     train for ``warmup_steps`` on clean inputs (``t = t_min``) with the alignment loss alone, so
     only the parts up to block ``depth`` (patch, time and class embedders, blocks 1…depth) and the
-    projector receive gradients.  Phase 2: exactly those tensors (the ones that received a
+    projector receive gradients; they train as the main loop does: the run's learning-rate warm-up and its
+    gradient clipping (the official warm-up clips at 1.0).  Phase 2: exactly those tensors (the ones that received a
     gradient; listed in the checkpointed state) are copied into the full net and the projector,
     the EMA restarts from them, and training goes on normally with REPA whose weight decays as
     ``c0·2^(−step/h)``.  The transfer is explicit on every path (the reference code's happened on
@@ -60,8 +61,11 @@ class ERW(REPA):
         """Phase 1 on copies of ``net`` and the projector; returns the trained copies."""
         from tqdm import tqdm
 
+        from diffrep import distributed
+
         student, projector = copy.deepcopy(net).train(), copy.deepcopy(self.projector)
-        optimizer = warm.make_optimizer([p for m in (student, projector) for p in m.parameters() if p.requires_grad])
+        params = [p for m in (student, projector) for p in m.parameters() if p.requires_grad]
+        optimizer = warm.make_optimizer(params)
         denoiser, tap = self.process.denoiser(student, warm.autocast), self.taps[0]
         losses = []
         for k in tqdm(range(self.options.warmup_steps), desc="erw warm-up", disable=not warm.progress):
@@ -72,6 +76,11 @@ class ERW(REPA):
                 loss = -self.alignment(projector, hidden[tap], batch.pixels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if warm.grad_clip > 0:
+                distributed.clip_grad_norm([p for p in params if p.grad is not None], warm.grad_clip)
+            if warm.lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = warm.lr_at(k)
             optimizer.step()
             losses.append(loss.detach())
         self.warmup_align = [float(losses[0]), float(losses[-1])]

@@ -180,7 +180,8 @@ class Trainer:
 
         Every rank runs it on the same global batches; rank 0's weights are then sent to all, so the
         ranks start identical even where GPU kernels are not bit-reproducible."""
-        warm = WarmStart(self.warmup_batch, lambda params: make_optimizer(self.cfg, params), self.autocast, self.progress)
+        warm = WarmStart(self.warmup_batch, lambda params: make_optimizer(self.cfg, params), self.autocast, self.progress,
+                         self.cfg.grad_clip, lambda k: lr_at(self.cfg, k))
         if not any([p.initialize(self.net, warm) for p in self.plugins]):
             return
         distributed.broadcast_tensors(list(self.net.state_dict().values()) + list(self.plugins.state_dict().values()))
