@@ -91,8 +91,8 @@ def perturb(net: nn.Module, seed: int) -> nn.Module:
     return net.eval()
 
 
-def ours(name: str, weights: str, images: torch.Tensor, mode: str | None = None, dtype: str = "fp32"):
-    encoder = get_encoder(name, weights, resize_mode=mode)
+def ours(encoder, images: torch.Tensor, dtype: str = "fp32"):
+    """diffrep's features, through the path ``diffrep eval`` runs (no cache)."""
     return extract_features(encoder, images, batch_size=25, dtype=dtype, progress=False)
 
 
@@ -102,11 +102,10 @@ def fds(gen: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return (metrics.fd(gen, ref, reference_sqrtm=True).values["fd"], metrics.fd(gen, ref).values["fd"])
 
 
-def bf16_deviation(encoder: tuple, gen: torch.Tensor, ref: torch.Tensor, fp32_gen: torch.Tensor,
+def bf16_deviation(encoder, gen: torch.Tensor, ref: torch.Tensor, fp32_gen: torch.Tensor,
                    fp32_fd: float) -> dict[str, float]:
     """The same encoder under bf16 autocast: mean per-sample relative L2 change of the features, FD change."""
-    name, weights, mode = encoder
-    bg, br = ours(name, weights, gen, mode, "bf16"), ours(name, weights, ref, mode, "bf16")
+    bg, br = ours(encoder, gen, "bf16"), ours(encoder, ref, "bf16")
     per_sample = (bg.features - fp32_gen).norm(dim=1) / fp32_gen.norm(dim=1)
     return {"bf16_sample_rel": float(per_sample.mean()), "bf16_fd_rel": rel(fds(bg.features, br.features)[1], fp32_fd)}
 
@@ -161,7 +160,8 @@ def inception_rows(sets: dict, tmp: Path) -> list[dict]:
         n = len(gen)
         for mode, (peer_fn, peer_name) in peers.items():
             start = time.perf_counter()
-            og, orf = ours("inception", str(path), gen, mode), ours("inception", str(path), ref, mode)
+            encoder = get_encoder("inception", path, resize_mode=mode)
+            og, orf = ours(encoder, gen), ours(encoder, ref)
             pg, pr = batched(peer_fn, gen), batched(peer_fn, ref)
             fd_ours, fd_exact = fds(og.features, orf.features)
             kid_ours = metrics.kid(og.features, orf.features, num_subsets=1, subset_size=n).values["kid"]
@@ -188,7 +188,7 @@ def inception_rows(sets: dict, tmp: Path) -> list[dict]:
                 row["is_rel"] = rel(metrics.inception_score(og.logits, splits=1).values["is"], is_peer)
                 row["logits_rel"] = feat_rel(og.logits, logits)
             if mode == "clean":
-                row.update(bf16_deviation(("inception", str(path), mode), gen, ref, og.features, fd_exact))
+                row.update(bf16_deviation(encoder, gen, ref, og.features, fd_exact))
             if mode == "bilinear":
                 peer = prdc_package.compute_prdc(real_features=pr.numpy(), fake_features=pg.numpy(), nearest_k=5)
                 mine = metrics.prdc(og.features, orf.features, k_pr=5, k_dc=5).values
@@ -240,7 +240,8 @@ def vit_rows(sets: dict, pipelines: list[tuple]) -> list[dict]:
             if mode == "clean" and data != "digits28":
                 continue                                   # the clean resize row on the digits only, for time
             start = time.perf_counter()
-            og, orf = ours(name, weights, gen, mode), ours(name, weights, ref, mode)
+            encoder = get_encoder(name, weights, resize_mode=mode)
+            og, orf = ours(encoder, gen), ours(encoder, ref)
             peer = [batched(lambda ims: enc(torch.stack([enc.transform(im) for im in ims])).float(), pil_images(x))
                     for x in (gen, ref)]
             fd_ours, fd_exact = fds(og.features, orf.features)
@@ -250,7 +251,7 @@ def vit_rows(sets: dict, pipelines: list[tuple]) -> list[dict]:
                    "feat_rel": max(feat_rel(og.features, peer[0]), feat_rel(orf.features, peer[1])),
                    "fd": fd_ours, "fd_rel": rel(fd_ours, fd_peer), "fd_exact_rel": rel(fd_exact, fd_peer)}
             if mode is None:
-                row.update(bf16_deviation((name, weights, mode), gen, ref, og.features, fd_exact))
+                row.update(bf16_deviation(encoder, gen, ref, og.features, fd_exact))
             row["seconds"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             print(table([row], list(row)), flush=True)

@@ -154,7 +154,9 @@ def encoder_weights(pairs: list[str], encoders: list[str]) -> dict[str, str]:
     """``--encoder-weights NAME=PATH`` flags as ``{NAME: PATH}``; each NAME must be one of ``encoders`` (whose
     ``:LAYER`` suffixes are ignored: ``clip=PATH`` serves ``clip:projected``)."""
     out = {}
-    bases = [e.partition(":")[0] for e in encoders]
+    from diffrep.evaluation.encoders import encoder_base
+
+    bases = [encoder_base(e) for e in encoders]
     for pair in pairs:
         name, sep, path = pair.partition("=")
         if not sep or not path:

@@ -100,15 +100,14 @@ def cmd_features(a) -> int:
 
     from diffrep import distributed
     from diffrep.cli.evaluate import default_encoder
-    from diffrep.evaluation import extract_features, get_encoder
+    from diffrep.evaluation import extract_features, load_encoders
     from diffrep.io import save_npz
 
     check_outputs(a, "out")
     if (Path(a.source) / "config.yaml").is_file() and a.encoder is None:
         return _run_features(a)
     name = a.encoder or default_encoder(a.source)
-    encoder = get_encoder(name, encoder_weights(a.encoder_weights, [name]).get(name.partition(":")[0]), a.resize,
-                          data=a.source)
+    encoder = load_encoders([name], encoder_weights(a.encoder_weights, [name]), a.resize, data=a.source)[0]
     images = _images_to_encode(a.source, a.image_size)
     precision = encoder_precision(a)
     encoded = extract_features(encoder, images.images, batch_size=a.batch_size, dtype=precision,

@@ -161,12 +161,12 @@ class TrainConfig:
         return found
 
     def _validate_eval_names(self) -> None:
-        from diffrep.evaluation.encoders import ENCODERS
+        from diffrep.evaluation.encoders import ENCODERS, encoder_base
         from diffrep.evaluation import METRICS
 
-        for flag, names, valid in (("--eval-metrics", self.eval_metrics, METRICS),
-                                   ("--eval-encoders", self.eval_encoders, tuple(ENCODERS))):
-            unknown = [n for n in names.split(",") if n.partition(":")[0] not in valid]
+        for flag, names, valid, base in (("--eval-metrics", self.eval_metrics, METRICS, str),
+                                         ("--eval-encoders", self.eval_encoders, tuple(ENCODERS), encoder_base)):
+            unknown = [n for n in names.split(",") if base(n) not in valid]
             if unknown:
                 raise DiffrepError(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
 

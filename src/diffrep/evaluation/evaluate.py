@@ -23,7 +23,7 @@ import torch
 from diffrep import distributed
 from diffrep.data import BUILTIN, images_from_array, load_builtin, load_folder, read_npz
 from diffrep.errors import DiffrepError
-from diffrep.evaluation.encoders import Encoder, get_encoder
+from diffrep.evaluation.encoders import Encoder, encoder_base, get_encoder
 from diffrep.evaluation.features import FeatureCache, extract_features
 from diffrep.evaluation.registry import MetricInputs, get_metric
 
@@ -171,7 +171,7 @@ def load_encoders(names: list[str], weights: dict[str, str] | None = None,
     """Encoders by name; ``weights`` maps a name to a local weights file; ``data``: the reference data's spec (picks
     the ``reference`` encoder of a built-in dataset)."""
     weights = weights or {}
-    return [get_encoder(n, weights.get(n.partition(":")[0]), resize_mode, data) for n in names]
+    return [get_encoder(n, weights.get(encoder_base(n)), resize_mode, data) for n in names]
 
 
 def _fmt(v: float) -> str:

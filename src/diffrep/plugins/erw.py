@@ -77,7 +77,7 @@ class ERW(REPA):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if warm.grad_clip > 0:
-                distributed.clip_grad_norm([p for p in params if p.grad is not None], warm.grad_clip)
+                distributed.clip_grad_norm(params, warm.grad_clip)
             if warm.lr_at is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = warm.lr_at(k)

@@ -230,12 +230,17 @@ ENCODERS: dict[str, Callable[..., Encoder]] = {
 }
 
 
+def encoder_base(name: str) -> str:
+    """The registered name of ``NAME`` or ``NAME:LAYER`` (``clip:projected`` → ``clip``): what its weights go by."""
+    return name.partition(":")[0]
+
+
 def get_encoder(name: str, weights: str | Path | None = None, resize_mode: str | None = None,
                 data: str | None = None) -> Encoder:
     """A registered encoder, ``NAME`` or ``NAME:LAYER`` (``clip:projected``); ``weights`` is a local file (default:
     the official download), ``resize_mode`` overrides; ``data`` (a dataset spec) picks the ``reference`` encoder
     of that built-in dataset."""
-    base, _, layer = name.partition(":")
+    base, layer = encoder_base(name), name.partition(":")[2]
     if base not in ENCODERS:
         raise DiffrepError(f"unknown encoder {name!r}: choose from {', '.join(ENCODERS)}")
     if resize_mode is not None and resize_mode not in RESIZE_MODES:

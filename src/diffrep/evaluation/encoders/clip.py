@@ -44,6 +44,11 @@ LAYERS = ("cls", "projected")
 _ARCH_KEYS = tuple(VIT_L14)
 
 
+def check_layer(layer: str, name: str = "clip") -> None:
+    if layer not in LAYERS:
+        raise DiffrepError(f"unknown CLIP layer {layer!r}: use {name}:cls or {name}:projected")
+
+
 class QuickGELU(nn.Module):
     """``x·σ(1.702x)``, the activation OpenAI's CLIP was trained with."""
 
@@ -112,8 +117,7 @@ class ClipViT(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, patch_size: int, image_size: int,
                  output_dim: int | None, quick_gelu: bool, layer: str = "cls"):
         super().__init__()
-        if layer not in LAYERS:
-            raise DiffrepError(f"unknown CLIP layer {layer!r}: choose {' or '.join(LAYERS)}")
+        check_layer(layer)
         if layer == "projected" and output_dim is None:
             raise DiffrepError("these CLIP weights have no projection (a transformers CLIPVisionModel file): use the "
                                "cls layer, or a CLIPModel / CLIPVisionModelWithProjection / open_clip file")
@@ -200,8 +204,7 @@ def load_clip(name: str = "clip", weights: str | Path | None = None, layer: str 
     ``config`` overrides architecture entries (``width``, ``layers``, ``heads``, …) for small test models."""
     if name not in CLIP_CONFIGS:
         raise DiffrepError(f"unknown CLIP encoder {name!r}; valid names: {', '.join(CLIP_CONFIGS)}")
-    if layer not in LAYERS:
-        raise DiffrepError(f"unknown CLIP layer {layer!r}: use {name}:cls or {name}:projected")
+    check_layer(layer, name)         # before any download
     unknown = sorted(set(config or {}) - set(_ARCH_KEYS))
     if unknown:
         raise DiffrepError(f"unknown CLIP config keys {unknown}; allowed: {', '.join(_ARCH_KEYS)}")
