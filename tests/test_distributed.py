@@ -161,3 +161,27 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DiffrepError, match="--nproc-per-node 1 .*--device cpu"):
         distributed.init_from_env("auto")
+
+
+def test_a_latent_cache_built_by_two_processes_equals_one_built_by_one(tmp_path, monkeypatch):
+    """Rank r encodes the chunks j ≡ r (mod 2), rank 0 joins them; the latent run then trains as on one process."""
+    pytest.importorskip("diffusers")
+    from safetensors.torch import load_file
+
+    from diffrep.latent.autoencoder import build_vae, save_vae_folder
+
+    torch.manual_seed(0)
+    save_vae_folder(build_vae("VAE-T", (1, 8, 8), (4, 4, 4)), tmp_path / "vae")
+    args = ["train", "--space", f"vae:{tmp_path / 'vae'}", "--data", "digits", "--model", "DiT-T/2", "--hflip",
+            "--batch-size", 16, "--steps", 3, "--ckpt-every", 3, "--grid-every", 0, "--precision", "fp32", "--no-progress"]
+    for nproc in (1, 2):
+        monkeypatch.setenv("DIFFREP_CACHE", str(tmp_path / f"cache{nproc}"))
+        torchrun(nproc, *args, "--out", tmp_path / f"run{nproc}")
+    tables = [load_file(str(next((tmp_path / f"cache{n}" / "latents").glob("*.safetensors")))) for n in (1, 2)]
+    assert tables[0].keys() == {"mean", "std", "flip_mean", "flip_std"} == tables[1].keys()
+    assert tables[0]["mean"].shape[0] == 1438            # the digits' train split: 6 chunks of 256, all joined
+    for k in tables[0]:
+        torch.testing.assert_close(tables[0][k], tables[1][k], atol=1e-6, rtol=1e-5)
+    a, b = weights(tmp_path / "run1"), weights(tmp_path / "run2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)

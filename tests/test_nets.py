@@ -99,7 +99,7 @@ def test_nets_declare_their_capabilities_and_plugins_ask_for_them():
     assert capabilities_of(dit) == {"token_grid", "label_embedding"}
     assert capabilities_of(unet) == {"self_condition"}
     with pytest.raises(DiffrepError, match="cep .* needs a net with label embedding: train a class-conditional"):
-        CEP(CepOptions()).setup(unet, None, None, (1, 8, 8))
+        CEP(CepOptions()).setup(unet, None, None, (1, 8, 8), (1, 8, 8))
     with pytest.raises(DiffrepError, match="needs a net with token grid"):
         require(unet, "token_grid", "umd", "use a DiT")
 

@@ -205,7 +205,7 @@ def test_cep_perturbs_only_the_students_training_forward_and_resumes_exactly(cli
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
     cep = CEP(CepOptions(gamma=1.0))
-    cep.setup(net, None, None, (1, 8, 8))
+    cep.setup(net, None, None, (1, 8, 8), (1, 8, 8))
     x, t, y = torch.randn(2, 1, 8, 8), torch.ones(2), torch.tensor([1, 2])
 
     def hidden() -> torch.Tensor:
@@ -253,7 +253,7 @@ def test_compiled_nets_keep_their_plugin_hooks_beside_other_compiled_nets():
         first = CompiledOrEager(plain)(x, t, y)[0]
         hooked = make_net()
         cep = CEP(CepOptions(gamma=1.0))
-        cep.setup(hooked, None, None, (1, 8, 8))
+        cep.setup(hooked, None, None, (1, 8, 8), (1, 8, 8))
         compiled_net = CompiledOrEager(hooked)
         compiled, eager = perturbed(cep, compiled_net), perturbed(cep, hooked)
         assert not compiled_net.failed, "compiled, not the eager fallback"
@@ -289,7 +289,7 @@ def test_umd_drops_masked_tokens_and_restores_them_for_the_decoder():
 
     net = build_net("DiT-T/4", 16, 1, 10)
     umd = UMD(UmdOptions(clean_fraction=0.0, noisy_mask=0.5, decoder_blocks=2))
-    umd.setup(net, None, make_process("flow"), (1, 16, 16))
+    umd.setup(net, None, make_process("flow"), (1, 16, 16), (1, 16, 16))
     seen = []
     for block in net.blocks:            # after UMD's hooks: records what each block receives
         block.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
@@ -302,11 +302,11 @@ def test_umd_drops_masked_tokens_and_restores_them_for_the_decoder():
     net.eval()(x, batch.t, None)
     assert seen == [16] * 6, "sampling-time forwards see every token"
     clean = UMD(UmdOptions(clean_fraction=0.999))
-    clean.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16))
+    clean.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16), (1, 16, 16))
     batch = clean.transform_batch(Batch(x, None, torch.rand(3), torch.randn_like(x)), 0, BatchDraws(torch.Generator().manual_seed(0), 3))
     assert torch.all(batch.t == 0) and batch.loss_weight.sum() == 0, "clean branch: t = 0, x0 loss on masked patches only"
     late = UMD(UmdOptions(unmask_after=10))
-    late.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16))
+    late.setup(build_net("DiT-T/4", 16, 1, 10), None, make_process("flow"), (1, 16, 16), (1, 16, 16))
     plain = Batch(x, None, torch.rand(3), torch.randn_like(x))
     assert late.transform_batch(plain, 9, BatchDraws(torch.Generator(), 3)).loss_weight is not None
     assert late.transform_batch(plain, 10, BatchDraws(torch.Generator(), 3)) is plain and late.loss_terms(plain, None, 10, None) == {}
@@ -318,7 +318,7 @@ def test_context_targets_are_the_neighbouring_patches():
 
     net = build_net("DiT-T/4", 16, 1, 10)
     context = Context(ContextOptions(max_stride=1, weight=1.0))
-    context.setup(net, None, None, (1, 16, 16))
+    context.setup(net, None, None, (1, 16, 16), (1, 16, 16))
     assert context.taps == ("block6",) and context.grid == 4 and context.patch_dim == 16
     x = torch.randn(2, 1, 16, 16)
     patches = torch.nn.functional.unfold(x, 4, stride=4).view(2, 16, 4, 4)          # patch (i, j) = patches[..., i, j]

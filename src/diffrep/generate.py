@@ -117,7 +117,8 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     get_sampler(sampler)
     if n < 1:
         raise DiffrepError(f"--n must be positive, got {n}")
-    net, process, _, info = load_run(run, weights, device)
+    loaded = load_run(run, weights, device)
+    net, process, info = loaded.net, loaded.process, loaded.info
     chosen = resolve_precision(precision, next(net.parameters()).device)
     world = distributed.current()
     nfe = network_evaluations(sampler, steps)
@@ -129,10 +130,11 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     if on_start is not None and world.is_main:
         on_start(chosen)
     start = time.perf_counter()
-    chunks = generate(net, process, tuple(info["image_shape"]), n, sampler=sampler, steps=steps, grid_rho=grid_rho,
+    chunks = generate(net, process, loaded.x0_shape, n, sampler=sampler, steps=steps, grid_rho=grid_rho,
                       seed=seed, labels=y, guidance=guidance, batch_size=batch_size,
                       autocast=chosen.autocast,
-                      chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main)
+                      chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main,
+                      space=loaded.space)
     images = distributed.gather_chunks(chunks)
     seconds = time.perf_counter() - start
     if world.is_main:

@@ -19,6 +19,7 @@ from torch import nn
 
 from diffrep.checkpoint import Checkpoint, latest_checkpoint
 from diffrep.config import TrainConfig, load_run_config
+from diffrep.data import Space, space_from_record
 from diffrep.errors import DiffrepError
 from diffrep.nets import UNet, build_net
 from diffrep.plugins import plugin_net_options
@@ -27,18 +28,26 @@ from diffrep.runtime import pick_device
 
 
 class Run(NamedTuple):
-    """A loaded run: the net (EMA or raw weights, in eval mode, on the device), its process, its config and
-    ``info`` (``model.json`` plus the checkpoint's step, the weights' name and the config as a dict)."""
+    """A loaded run: the net (EMA or raw weights, in eval mode, on the device), its process, its config,
+    ``info`` (``model.json`` plus the checkpoint's step, the weights' name and the config as a dict) and the space it
+    works in (images ↔ ``x0``)."""
 
     net: nn.Module
     process: Process
     config: TrainConfig
     info: dict
+    space: Space
+
+    @property
+    def x0_shape(self) -> tuple[int, int, int]:
+        """What the net sees and the samplers draw: the images' shape in the pixel space, the latent's in a VAE's."""
+        return tuple(self.info.get("x0_shape", self.info["image_shape"]))
 
 
-def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """The net of ``cfg``, with the architecture options its plug-ins ask for (e.g. ``selfcond``)."""
-    c, h, _ = image_shape
+def build_model(cfg: TrainConfig, x0_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The net of ``cfg`` for inputs of ``x0_shape``, with the architecture options its plug-ins ask for
+    (``selfcond``)."""
+    c, h, _ = x0_shape
     net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes, **plugin_net_options(cfg.plugins),
                     **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}))
     if cfg.channels_last:
@@ -49,18 +58,20 @@ def build_model(cfg: TrainConfig, image_shape: tuple[int, int, int], num_classes
 
 
 def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") -> Run:
-    """Load a trained run for sampling/probing: ``(net, process, config, model_info)``; ``weights``: ``ema`` or ``model``."""
+    """Load a trained run for sampling/probing: ``(net, process, config, model_info, space)``; ``weights``: ``ema`` or
+    ``model``.  A latent run loads its VAE (a one-line error when it is gone)."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
     info = model_info(run_dir, ckpt)
-    net = build_model(cfg, tuple(info["image_shape"]), info["num_classes"])
+    net = build_model(cfg, tuple(info.get("x0_shape", info["image_shape"])), info["num_classes"])
     net.load_state_dict(ckpt.weights(weights))
     info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
-    return Run(net.to(pick_device(device)).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling),
-               cfg, info)
+    device = pick_device(device)
+    return Run(net.to(device).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling),
+               cfg, info, space_from_record(info.get("space"), run_dir, device))
 
 
 def model_info(run_dir: Path, ckpt: Checkpoint) -> dict:
@@ -84,3 +95,10 @@ def check_images_fit_run(images: torch.Tensor, info: dict, run: Path | str, data
     if tuple(images.shape[1:]) != tuple(info["image_shape"]):
         raise DiffrepError(f"{data} images are {tuple(images.shape[1:])} (C×H×W) but {run} was trained on "
                            f"{tuple(info['image_shape'])}: pass --data with images of the run's size")
+
+
+def refuse_latent(space: Space, run: Path | str) -> None:
+    """Refuse a latent run where a command works on pixels only (restoration and translation)."""
+    if space.name != "pixels":
+        raise DiffrepError(f"{run} works in a VAE's latent space; restore and translate need a pixel-space run "
+                           "(their operators act on pixels): train one without --space")

@@ -15,6 +15,7 @@ ENCODER_PRECISION_HELP = "auto (default): fp32, as the published numbers metric 
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train a diffusion model"),
+    "train-vae": ("latent", "train an autoencoder whose latent space a diffusion model trains in (--space vae:)"),
     "quickstart": ("train", "measure the machine, train the preset (or the small plan), sample, judge"),
     "presets": ("train", "list the presets"),
     "plugins": ("train", "list the training plug-ins and their options"),

@@ -15,8 +15,8 @@ from diffrep.errors import DiffrepError
 from diffrep.precision import PRECISIONS, check_precision
 
 ADAMW_IMPLS = ("fused", "foreach", "for-loop")
-SECTIONS = ("data", "model", "process", "optim", "log")
-"""Sections of ``config.yaml``, in order (room for ``space``, ``objective``, ``guidance``)."""
+SECTIONS = ("data", "space", "model", "process", "optim", "log")
+"""Sections of ``config.yaml``, in order (room for ``objective``, ``guidance``)."""
 
 
 def option(default, section: str, help: str, *, choices: tuple | Callable[[], tuple] | None = None,
@@ -57,6 +57,14 @@ class TrainConfig:
     class_conditional: bool = option(True, "data", "ignore labels even when the data has them",
                                      flag="--unconditional", action="store_false")
     label_dropout: float = option(0.1, "data", "fraction of labels replaced by the null class (CFG)")
+    space: str = option("pixels", "space", "where the net works: pixels, or vae:PATH (a VAE run of `diffrep train-vae`, "
+                        "a diffusers AutoencoderKL folder, or a hub name such as stabilityai/sd-vae-ft-ema)",
+                        metavar="pixels|vae:PATH")
+    latent_norm: str = option("channel", "space", "latent space only: channel (per-channel mean/std measured on the "
+                              "data) or a fixed scale such as 0.18215 (SD-VAE)")
+    latent_cache: bool = option(True, "space", "latent space only: draw each step's latents from cached posterior "
+                                "moments (--no-latent-cache encodes every batch on the fly; same draws)",
+                                action="negatable")
     model: str = option("UNet-S", "model", "the net's registered size", choices=_models, metavar="MODEL")
     grad_checkpoint: bool = option(False, "model", "activation checkpointing per block: less memory, ~30%% more compute")
     channels_last: bool = option(False, "model", "U-Net in NHWC memory layout (not with --compile on the CPU)")
@@ -113,6 +121,11 @@ class TrainConfig:
         if self.adamw_impl not in ADAMW_IMPLS:
             raise DiffrepError(f"unknown --adamw-impl {self.adamw_impl!r}: choose one of {', '.join(ADAMW_IMPLS)}")
         check_precision(self.precision)
+        from diffrep.data.spaces import check_space_spec
+        from diffrep.latent.space import parse_norm
+
+        check_space_spec(self.space)
+        parse_norm(self.latent_norm)
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise DiffrepError("--steps, --batch-size and --grad-accum must be positive")
         if self.batch_size % self.grad_accum:
@@ -143,6 +156,8 @@ class TrainConfig:
         if self.eval_every and "reference" in self.eval_encoders.split(",") and self.data not in BUILTIN:
             raise DiffrepError(f"--eval-encoders reference: the reference encoders are trained on {', '.join(BUILTIN)}, "
                                f"not {self.data}; pass --eval-encoders inception (or pixels, dinov2-s14, clip)")
+        if self.space == "pixels" and (self.latent_norm, self.latent_cache) != ("channel", True):
+            raise DiffrepError("--latent-norm and --no-latent-cache apply to a latent space only (--space vae:PATH)")
         if self.image_size is not None and (self.data in BUILTIN or self.data.endswith(".npz")):
             raise DiffrepError(f"--image-size resizes the images of a folder; {self.data} has a fixed size: "
                                "drop --image-size")
@@ -190,7 +205,7 @@ RESUMABLE_FIELDS = frozenset({"steps", "ckpt_every", "keep_last", "log_every", "
                               "eval_every", "eval_samples", "eval_metrics", "eval_encoders",
                               # speed options: a resume may switch them (bit-identity needs the same ones)
                               "grad_checkpoint", "channels_last", "compile", "adamw_impl", "deterministic", "fsdp",
-                              "grad_accum", "precision"})
+                              "grad_accum", "precision", "latent_cache"})
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 FIELD_SECTIONS = {f.name: f.metadata["section"] for f in fields(TrainConfig)}

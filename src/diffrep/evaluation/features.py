@@ -28,10 +28,10 @@ from diffrep.io import atomic_write
 DTYPES = ("fp32", "bf16")
 
 
-def default_cache_dir() -> Path:
-    """``$DIFFREP_CACHE/features``, else ``~/.cache/diffrep/features``."""
+def default_cache_dir(kind: str = "features") -> Path:
+    """``$DIFFREP_CACHE/<kind>``, else ``~/.cache/diffrep/<kind>`` (``features``, ``latents``)."""
     root = os.environ.get("DIFFREP_CACHE") or Path.home() / ".cache" / "diffrep"
-    return Path(root) / "features"
+    return Path(root) / kind
 
 
 def images_sha256(images: torch.Tensor) -> str:

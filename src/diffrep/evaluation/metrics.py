@@ -226,8 +226,12 @@ def _pairwise_distances(a: torch.Tensor, b: torch.Tensor, chunk: int = 4096) -> 
     return torch.cat([torch.cdist(part, b) for part in a.split(chunk)])
 
 
-def _kth_neighbour_radius(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Distance from each row to its k-th nearest other row."""
+def _kth_neighbour_radius(x: torch.Tensor, k: int, as_second: bool = False) -> torch.Tensor:
+    """Distance from each row to its k-th nearest other row.  ``cdist``'s matrix-product path is not exactly
+    symmetric (d(a, b) and d(b, a) may differ in the last bits), so a radius is measured in the orientation in which
+    it is compared: ``as_second`` when its points are ``cdist``'s second argument there."""
+    if as_second:
+        return torch.cat([torch.cdist(x, part).kthvalue(k + 1, dim=0).values for part in x.split(4096)])
     return torch.cat([torch.cdist(part, x).kthvalue(k + 1, dim=1).values for part in x.split(4096)])
 
 
@@ -242,8 +246,8 @@ def prdc(gen: Features, ref: Features, *, k_pr: int = 3, k_dc: int = 5) -> Metri
         raise DiffrepError(f"PRDC with k={k_max} needs more than {k_max} samples per set, got {len(g)} generated "
                          f"and {len(r)} reference: lower k or pass more samples")
     d_gr = _pairwise_distances(g, r)                       # n_gen × n_ref
-    radius_r_pr, radius_g_pr = _kth_neighbour_radius(r, k_pr), _kth_neighbour_radius(g, k_pr)
-    radius_r_dc = _kth_neighbour_radius(r, k_dc)
+    radius_r_pr, radius_g_pr = _kth_neighbour_radius(r, k_pr, as_second=True), _kth_neighbour_radius(g, k_pr)
+    radius_r_dc = _kth_neighbour_radius(r, k_dc, as_second=True)
     precision = (d_gr < radius_r_pr[None]).any(1).double().mean()
     recall = (d_gr < radius_g_pr[:, None]).any(0).double().mean()
     density = (d_gr < radius_r_dc[None]).double().sum() / (k_dc * len(g))

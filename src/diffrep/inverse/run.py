@@ -81,7 +81,7 @@ def restore_run(run: Path, task: str, solver_name: str, *, data: str = "mnist5k:
     """Restore ``n`` images of ``data`` measured by ``task`` with ``solver`` and the run as the prior; returns the
     metrics (and writes ``out``/``grid`` when given)."""
     from diffrep.io import provenance, save_npz
-    from diffrep.runs import check_images_fit_run, load_run
+    from diffrep.runs import check_images_fit_run, load_run, refuse_latent
 
     if n < 1 or samples < 1:
         raise DiffrepError(f"--n and --samples must be at least 1, got {n} and {samples}")
@@ -91,7 +91,8 @@ def restore_run(run: Path, task: str, solver_name: str, *, data: str = "mnist5k:
     opts = task_options(task, task_opts or {})
     solver = get_solver(solver_name, solver_opts)
     inputs, builtin = load_inputs(data, n)
-    net, process, config, info = load_run(run, weights, device)
+    net, process, config, info, space = load_run(run, weights, device)
+    refuse_latent(space, run)
     check_images_fit_run(inputs.images, info, run, data)
     op = make_operator(task, inputs.shape, n, opts, seed)
     check_solver_fits(solver, solver_name, op, sigma_y)

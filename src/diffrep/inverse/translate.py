@@ -95,7 +95,7 @@ def translate_run(source_run: Path, target_run: Path, *, data: str = "mnist5k:te
     from diffrep.inverse.run import fd_ref_to_test, load_inputs, reference_judge, refuse_existing
     from diffrep.io import save_npz
     from diffrep.rng import keyed_generator
-    from diffrep.runs import check_images_fit_run, load_run
+    from diffrep.runs import check_images_fit_run, load_run, refuse_latent
 
     refuse_existing(out, grid, overwrite=overwrite)
     if steps < 2 or s_start <= 0:
@@ -104,6 +104,7 @@ def translate_run(source_run: Path, target_run: Path, *, data: str = "mnist5k:te
     runs = [load_run(r, "ema", device) for r in (source_run, target_run)]
     for r, run in zip((source_run, target_run), runs):
         check_images_fit_run(inputs.images, run.info, r, data)
+        refuse_latent(run.space, r)
     conds = [translation_labels(mode, inputs.labels, n, run.info["num_classes"])
              for mode, run in zip((source_labels, target_labels), runs)]
     dev = next(runs[0].net.parameters()).device

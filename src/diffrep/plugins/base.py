@@ -38,8 +38,10 @@ class Plugin(nn.Module):
         """Constructor options of the net this plug-in needs (part of the sampling model, e.g. selfcond)."""
         return {}
 
-    def setup(self, net: nn.Module, ema: nn.Module, process, image_shape: tuple[int, int, int]) -> None:
-        """Called once before training (and before a resume loads state): build heads, register hooks."""
+    def setup(self, net: nn.Module, ema: nn.Module, process, x0_shape: tuple[int, int, int],
+              pixel_shape: tuple[int, int, int]) -> None:
+        """Called once before training (and before a resume loads state): build heads, register hooks.  ``x0_shape``:
+        what the net sees (a latent in a VAE's space); ``pixel_shape``: the images (what ``batch.pixels`` holds)."""
 
     def check_taps(self, taps: set[str]) -> None:
         """Called after every plug-in's ``setup`` with the taps of the others: raise a

@@ -39,7 +39,7 @@ class CEP(Plugin):
         self._draws: BatchDraws | None = None
         self._step = 0
 
-    def setup(self, net, ema, process, image_shape) -> None:
+    def setup(self, net, ema, process, x0_shape, pixel_shape) -> None:
         require(net, "label_embedding", "cep (it perturbs the class embedding)",
                 "train a class-conditional model (data with labels, without --unconditional)")
         net.y_embedder.register_forward_hook(self._perturb)

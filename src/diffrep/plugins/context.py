@@ -43,16 +43,16 @@ class Context(Plugin):
         self.offsets = [(dy * s, dx * s) for s in range(1, options.max_stride + 1)
                         for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
-    def setup(self, net, ema, process, image_shape) -> None:
+    def setup(self, net, ema, process, x0_shape, pixel_shape) -> None:
         tap = f"block{self.options.block}" if self.options.block else net.tap_names[-1]
         self.taps = (tap,)
-        shape = hidden_shape(net, image_shape, tap)
+        shape = hidden_shape(net, x0_shape, tap)
         tokens = shape[1] * shape[2] if len(shape) == 3 else shape[0]
         self.grid = math.isqrt(tokens)
-        if self.grid * self.grid != tokens or image_shape[1] % self.grid:
+        if self.grid * self.grid != tokens or x0_shape[1] % self.grid:
             raise DiffrepError(f"context: {tap} has {tokens} tokens, not a square grid dividing the image")
-        self.patch = image_shape[1] // self.grid
-        self.patch_dim = image_shape[0] * self.patch**2
+        self.patch = x0_shape[1] // self.grid
+        self.patch_dim = x0_shape[0] * self.patch**2
         h = self.options.hidden
         self.decoder = mlp([token_dim(shape), h, h, len(self.offsets) * self.patch_dim])
 

@@ -52,10 +52,10 @@ class REPA(Plugin):
             raise DiffrepError(f"repa: the {options.encoder} encoder has no token grid; use reference or dinov2-*")
         self._frozen = [encoder]          # a plain list: not a sub-module, so not optimised or checkpointed
 
-    def setup(self, net, ema, process, image_shape) -> None:
+    def setup(self, net, ema, process, x0_shape, pixel_shape) -> None:
         self.process = process
-        student_dim = token_dim(hidden_shape(net, image_shape, self.taps[0]))
-        probe = torch.zeros(1, *image_shape, dtype=torch.uint8)
+        student_dim = token_dim(hidden_shape(net, x0_shape, self.taps[0]))
+        probe = torch.zeros(1, *pixel_shape, dtype=torch.uint8)
         target_dim = self._frozen[0].tokens(probe).shape[-1]
         self.projector = mlp([student_dim, self.options.proj_dim, self.options.proj_dim, target_dim])
 

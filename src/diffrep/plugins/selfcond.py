@@ -36,6 +36,6 @@ class SelfCond(Plugin):
     def net_options(cls, options) -> dict:
         return {"self_condition": options.source}
 
-    def setup(self, net, ema, process, image_shape) -> None:
+    def setup(self, net, ema, process, x0_shape, pixel_shape) -> None:
         require(net, "self_condition", "selfcond", "the net was built without it; list the plug-in in the run's "
                 "config (--plugin selfcond) so the trainer builds it in")

@@ -68,10 +68,10 @@ class SRA(Plugin):
         self.teacher_tap = f"block{options.teacher_block}"
         self._u: torch.Tensor | None = None
 
-    def setup(self, net, ema, process, image_shape) -> None:
+    def setup(self, net, ema, process, x0_shape, pixel_shape) -> None:
         self.process = process
-        d_student = token_dim(hidden_shape(net, image_shape, self.taps[0]))
-        d_teacher = token_dim(hidden_shape(ema, image_shape, self.teacher_tap))
+        d_student = token_dim(hidden_shape(net, x0_shape, self.taps[0]))
+        d_teacher = token_dim(hidden_shape(ema, x0_shape, self.teacher_tap))
         self.head = mlp([d_student, 2 * d_student, d_teacher])
 
     def transform_batch(self, batch, step, draws):

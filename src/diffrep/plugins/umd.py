@@ -53,7 +53,7 @@ class UMD(Plugin):
         self._keep: torch.Tensor | None = None
         self._masked: torch.Tensor | None = None
 
-    def setup(self, net, ema, process, image_shape) -> None:
+    def setup(self, net, ema, process, x0_shape, pixel_shape) -> None:
         require(net, "token_grid", "umd (it masks patch tokens)", "it needs a DiT (--model DiT-…)")
         blocks = net.blocks
         if not 1 <= self.options.decoder_blocks < len(blocks):

@@ -227,7 +227,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
     data = data or load_run_config(run).data
     if time_weights not in ("uniform", "fitted"):
         raise DiffrepError(f"--time-weights {time_weights!r}: choose uniform or fitted")
-    net, process, _, info = load_run(run, "ema", device)
+    net, process, _, info, space = load_run(run, "ema", device)
     if not info["num_classes"]:
         raise DiffrepError(f"{run} is an unconditional model: the Diffusion Classifier needs class labels")
     images = labelled_split(data, split, test_data)
@@ -247,7 +247,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
         fit = labelled_split(data, "train", test_data)
         fit = fit.subset(balanced_subset(fit.labels, fit_images))
         pe_fit = PairErrors(net, process, fit.images, info["num_classes"], pairs=pairs, seed=seed + 1, norm=norm,
-                            autocast=autocast, max_batch=batch_size, on_calls=bar.update)
+                            autocast=autocast, max_batch=batch_size, on_calls=bar.update, space=space)
         fitted_weights = fit_time_weights(pe_fit, fit.labels)
         if time_weights == "fitted":
             weights = fitted_weights
@@ -256,7 +256,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
         fitted = {"fit_images": fit_images, "time_weights": fitted_weights.tolist(), "temperature": temperature}
     start = time.perf_counter()
     pe = PairErrors(net, process, images.images, info["num_classes"], pairs=pairs, seed=seed, norm=norm,
-                    autocast=autocast, max_batch=batch_size, on_calls=bar.update)
+                    autocast=autocast, max_batch=batch_size, on_calls=bar.update, space=space)
     result = classify(pe, schedule=schedule, weights=weights, rounds=rounds, z=z, order=order)
     seconds = time.perf_counter() - start
     bar.close()

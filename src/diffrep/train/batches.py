@@ -49,15 +49,16 @@ class EpochSampler:
 
 def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int,
                stream: int = BATCH_STREAM, space: Space | None = None) -> Batch:
-    """The global batch of step ``step`` with all its randomness; ``x0`` is the pixels encoded by ``space``
-    (the pixel space by default)."""
+    """The global batch of step ``step`` with all its randomness; ``x0`` is drawn by ``space`` from the (flipped) pixels
+    (the pixel space by default; a VAE's latent space draws a fresh latent from the posterior)."""
     g = step_generator(cfg.seed, step, stream)
     pixels = data.images[indices]
     n = pixels.shape[0]
+    flip = None
     if cfg.hflip:
         flip = torch.rand(n, generator=g) < 0.5
         pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-    x0 = (space or PixelSpace()).encode(pixels)
+    x0 = (space or PixelSpace()).draw_x0(pixels, indices, flip, g)
     t = process.sample_time(n, g)
     noise = torch.randn(x0.shape, generator=g)
     cond = None

@@ -25,13 +25,12 @@ from torch import nn
 
 from diffrep import distributed
 from diffrep.checkpoint import latest_checkpoint, remove_partial_checkpoints, save_checkpoint
-from diffrep.config import TrainConfig, load_run_config, save_config
-from diffrep.data import get_space, load_dataset
+from diffrep.config import TrainConfig, save_config
+from diffrep.data import load_dataset, open_space
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write, provenance
 from diffrep.loss import Batch
 from diffrep.plugins import Plugin, WarmStart, build_plugins
-from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import make_process
 from diffrep.rng import BatchDraws
 from diffrep.runs import build_model
@@ -39,7 +38,7 @@ from diffrep.runtime import CompiledOrEager, pick_device, use_deterministic_kern
 from diffrep.train.batches import PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch, slice_batch, step_generator
 from diffrep.train.objectives import Denoising, Objective
 from diffrep.train.optim import make_optimizer
-from diffrep.train.rundir import check_resumable, clear_run, folder_state, lock_run_dir, trim_metrics
+from diffrep.train.rundir import check_resumable, choose_precision, clear_run, folder_state, lock_run_dir, trim_metrics
 from diffrep.train.periodic import PeriodicEval, log_record, sample_grid
 from diffrep.train.schedules import ema_decay_at, lr_at
 from diffrep.train.signals import StopRequest
@@ -66,7 +65,7 @@ class Trainer:
                                f"= {self.world.size} × {cfg.grad_accum}")
         self.out, self.progress = Path(out), progress and self.world.is_main
         self.device = pick_device(device)
-        self.precision = self._choose_precision(cfg, resume)
+        self.precision = choose_precision(cfg, self.out, self.device, resume)
         self.cfg = cfg = dataclasses.replace(cfg, precision=self.precision.name)     # the run records the choice
         if cfg.compile and cfg.channels_last and self.device.type == "cpu":
             raise DiffrepError("--channels-last with --compile on the CPU: Inductor (torch 2.13) computes wrong U-Net "
@@ -75,14 +74,15 @@ class Trainer:
             use_deterministic_kernels()
         self.plugins = nn.ModuleList(build_plugins(cfg.plugins, cfg.data) if plugins is None else plugins)
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
-        self.space = get_space()
+        self.space = open_space(cfg.space, self.data.shape, norm=cfg.latent_norm, device=self.device)
+        self.x0_shape = self.space.x0_shape(self.data.shape)
         self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
         self.process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
         torch.manual_seed(cfg.seed)
-        self.net = build_model(cfg, self.data.shape, self.num_classes).to(self.device)
+        self.net = build_model(cfg, self.x0_shape, self.num_classes).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         for p in self.plugins:
-            p.setup(self.net, self.ema, self.process, self.data.shape)
+            p.setup(self.net, self.ema, self.process, self.x0_shape, self.data.shape)
         for p in self.plugins:
             p.check_taps({t for other in self.plugins if other is not p for t in other.taps})
         self.plugins.to(self.device)
@@ -92,6 +92,7 @@ class Trainer:
         self.objective = objective or Denoising()
         self._evaluate = PeriodicEval()
         ckpt = self._open_run_dir(resume, overwrite)
+        self.space.prepare(self.data.images, cfg.hflip, cfg.latent_cache, self.progress)    # the latent cache
         if ckpt is None:
             self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
         if cfg.fsdp and self.world.size == 1:
@@ -112,16 +113,6 @@ class Trainer:
         if ckpt is not None:
             self._load(ckpt)
         self._write_run_files()
-
-    def _choose_precision(self, cfg: TrainConfig, resume: bool) -> Precision:
-        """``cfg.precision`` resolved on this device; ``auto`` on a resume keeps the precision the run recorded."""
-        config = self.out / "config.yaml"
-        recorded = load_run_config(self.out).precision if resume and config.is_file() else None
-        chosen = resolve_precision(cfg.precision, self.device, recorded=recorded)
-        if recorded is not None and chosen.name != recorded:
-            warnings.warn(f"{self.out} was trained in {recorded}; continuing in {chosen.name}, as asked (the "
-                          "continuation is not bit-identical to an uninterrupted run)", stacklevel=3)
-        return chosen
 
     # ---- run directory -------------------------------------------------------------
     def _open_run_dir(self, resume: bool | str, overwrite: bool = False):
@@ -225,9 +216,10 @@ class Trainer:
                 f"({len(self.data):,} images) → {self.out}: {start}, to step {self.cfg.steps}")
 
     def model_info(self) -> dict:
-        """What ``model.json`` holds (a copy goes into each checkpoint's manifest): image shape, classes, model, process."""
-        return {"image_shape": list(self.data.shape), "num_classes": self.num_classes, "model": self.cfg.model,
-                "process": self.process.describe()}
+        """What ``model.json`` holds (a copy goes into each checkpoint's manifest): the images' and ``x0``'s shapes, the
+        space, classes, model, process."""
+        return {"image_shape": list(self.data.shape), "x0_shape": list(self.x0_shape), "space": self.space.describe(),
+                "num_classes": self.num_classes, "model": self.cfg.model, "process": self.process.describe()}
 
     @torch.no_grad()
     def sampling_net(self) -> nn.Module:
@@ -236,7 +228,7 @@ class Trainer:
         if not self.sharded:
             return self.ema
         with torch.random.fork_rng(devices=[]):     # building a net draws initial weights: keep training's RNG
-            net = build_model(self.cfg, self.data.shape, self.num_classes).to(self.device)
+            net = build_model(self.cfg, self.x0_shape, self.num_classes).to(self.device)
         net.load_state_dict(distributed.full_state(self.ema.state_dict()))
         return net.requires_grad_(False).eval()
 

@@ -38,7 +38,7 @@ def sample_grid(trainer: Trainer, n: int = 64) -> Path | None:
     cfg, device = trainer.cfg, trainer.device
     cond = torch.arange(n, device=device) % trainer.num_classes if trainer.num_classes else None
     ts = trainer.process.time_grid(cfg.grid_steps)
-    x = initial_noise(trainer.process, (n, *trainer.data.shape), ts[0], torch.Generator().manual_seed(cfg.seed), device)
+    x = initial_noise(trainer.process, (n, *trainer.x0_shape), ts[0], torch.Generator().manual_seed(cfg.seed), device)
     with torch.no_grad():
         x = get_sampler(cfg.grid_sampler)(trainer.process.denoiser(net, trainer.autocast), x, ts, cond=cond)
     path = trainer.out / "grids" / f"step_{trainer.step:07d}.png"
@@ -69,7 +69,7 @@ class PeriodicEval:
                           EvalSet(f"{cfg.data}:train", trainer.data.images), load_encoders(cfg.eval_encoders.split(","), data=cfg.data))
         ref, train, encoders = self._sets
         labels = make_labels("balanced", cfg.eval_samples, trainer.num_classes) if trainer.num_classes else None
-        chunks = generate(trainer.sampling_net(), trainer.process, trainer.data.shape, cfg.eval_samples,
+        chunks = generate(trainer.sampling_net(), trainer.process, trainer.x0_shape, cfg.eval_samples,
                           sampler=cfg.grid_sampler, steps=cfg.grid_steps, seed=cfg.seed, labels=labels,
                           autocast=trainer.autocast, chunks=lambda j: j % world.size == world.rank,
                           progress=trainer.progress, space=trainer.space)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import IO
 
@@ -16,6 +17,7 @@ from diffrep.checkpoint import Checkpoint, list_checkpoints
 from diffrep.config import RESUMABLE_FIELDS, TrainConfig, config_diff, load_run_config
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write
+from diffrep.precision import Precision, resolve_precision
 
 LOCK = ".lock"
 """The run folder's lock file (empty; the lock is the open file's ``flock``)."""
@@ -45,10 +47,22 @@ def check_resumable(out: Path, ckpt: Checkpoint | None, cfg: TrainConfig) -> Non
                            f"give --steps above {ckpt.step} to extend it (a run never trains backwards)")
     old = load_run_config(out).identity()
     stored = {k: v for k, v in ckpt.manifest["identity"].items() if k not in RESUMABLE_FIELDS}  # made resumable since
+    stored = {**TrainConfig().identity(), **stored}     # options added since: the default, which older runs used
     diff = config_diff(stored, cfg.identity()) or config_diff(old, cfg.identity())
     if diff:
         raise DiffrepError(f"--resume: the checkpoint in {out} was trained with a different config "
                            f"({'; '.join(diff)}); use the same options or a new --out")
+
+
+def choose_precision(cfg: TrainConfig, out: Path, device, resume: bool | str) -> Precision:
+    """``cfg.precision`` resolved on ``device``; ``auto`` on a resume keeps the precision the run recorded."""
+    config = out / "config.yaml"
+    recorded = load_run_config(out).precision if resume and config.is_file() else None
+    chosen = resolve_precision(cfg.precision, device, recorded=recorded)
+    if recorded is not None and chosen.name != recorded:
+        warnings.warn(f"{out} was trained in {recorded}; continuing in {chosen.name}, as asked (the "
+                      "continuation is not bit-identical to an uninterrupted run)", stacklevel=4)
+    return chosen
 
 
 def clear_run(out: Path) -> list[str]:
