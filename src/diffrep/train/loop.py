@@ -212,8 +212,10 @@ class Trainer:
         """The start-up line: what trains, on what, where, and from which step."""
         params = sum(p.numel() for p in self.net.parameters()) / 1e6
         start = f"resuming at step {self.step}" if self.step else "a new run"
+        latents = "×".join(map(str, self.x0_shape))
+        space = "" if self.cfg.space == "pixels" else f" as {latents} latents of {self.cfg.space}"
         return (f"train: {self.cfg.model} ({params:.2f}M parameters), {self.cfg.process}, {self.cfg.data} "
-                f"({len(self.data):,} images) → {self.out}: {start}, to step {self.cfg.steps}")
+                f"({len(self.data):,} images{space}) → {self.out}: {start}, to step {self.cfg.steps}")
 
     def model_info(self) -> dict:
         """What ``model.json`` holds (a copy goes into each checkpoint's manifest): the images' and ``x0``'s shapes, the
