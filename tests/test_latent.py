@@ -190,6 +190,8 @@ def test_a_latent_run_trains_samples_reads_and_refuses_what_it_cannot(vae_dir, t
     code, out, err = cli("features", run, "--t", "0.5", "--blocks", "block1", "--out", tmp_path / "f.npz",
                          "--no-progress")
     assert code == 0, err
+    code, out, err = cli("classify", run, "--n", 10, "--pairs", 4, "--no-progress")
+    assert code == 0 and "accuracy" in out, err
     code, _, err = cli("restore", run, "--task", "denoise", "--solver", "dps", "--n", 2)
     assert code == 2 and "latent space" in err and "pixel-space run" in err
     moved = vae_dir.with_name("moved")
