@@ -38,7 +38,7 @@ def vae_dir(tmp_path_factory):
 
 def unnormalised(vae_dir) -> VAESpace:
     """The VAE's space with shift 0 and scale 1: its ``moments`` are the posterior's."""
-    return VAESpace(load_vae(vae_dir), torch.zeros(4), torch.ones(4))
+    return VAESpace(load_vae(vae_dir))
 
 
 def prepared(vae_dir, images, norm: str = "channel", hflip: bool = False, cache: bool = True) -> VAESpace:

@@ -41,7 +41,12 @@ class Run(NamedTuple):
     @property
     def x0_shape(self) -> tuple[int, int, int]:
         """What the net sees and the samplers draw: the images' shape in the pixel space, the latent's in a VAE's."""
-        return tuple(self.info.get("x0_shape", self.info["image_shape"]))
+        return x0_shape_of(self.info)
+
+
+def x0_shape_of(info: dict) -> tuple[int, int, int]:
+    """``x0_shape`` of a ``model.json`` (runs from before latent spaces record only ``image_shape``)."""
+    return tuple(info.get("x0_shape", info["image_shape"]))
 
 
 def build_model(cfg: TrainConfig, x0_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -66,7 +71,7 @@ def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto") ->
     if ckpt is None:
         raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
     info = model_info(run_dir, ckpt)
-    net = build_model(cfg, tuple(info.get("x0_shape", info["image_shape"])), info["num_classes"])
+    net = build_model(cfg, x0_shape_of(info), info["num_classes"])
     net.load_state_dict(ckpt.weights(weights))
     info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
     device = pick_device(device)

@@ -8,16 +8,15 @@ diffusers itself reads.  diffusers is an optional extra: ``pip install -e ".[lat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from diffrep.errors import DiffrepError
+from diffrep.evaluation.encoders import state_dict_sha256
 
 EXPORT_DIR = "vae"
 """The folder of a diffrep VAE run that holds its EMA weights as a diffusers ``AutoencoderKL``."""
@@ -110,16 +109,6 @@ class LoadedVAE:
         return self.latent_channels, h // self.factor, w // self.factor
 
 
-def weights_sha256(module: nn.Module) -> str:
-    """SHA-256 of a module's state dict: names, shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def load_vae(source: str | Path) -> LoadedVAE:
     """A frozen ``AutoencoderKL`` in eval mode on the CPU, from: a diffrep VAE run (``diffrep train-vae --out DIR``),
     a diffusers folder (``config.json`` + weights, e.g. a downloaded ``sd-vae-ft-ema``) or a hub name (fetched by
@@ -140,7 +129,7 @@ def load_vae(source: str | Path) -> LoadedVAE:
                            "diffusers AutoencoderKL folder or a hub name such as stabilityai/sd-vae-ft-ema")
     vae = vae.float().eval().requires_grad_(False)
     where = str(Path(source).resolve()) if Path(source).exists() else str(source)   # a run records where, from anywhere
-    return LoadedVAE(vae, where, weights_sha256(vae))
+    return LoadedVAE(vae, where, state_dict_sha256(vae))
 
 
 def _from_folder(diffusers, path: Path) -> nn.Module:

@@ -38,15 +38,19 @@ def parse_norm(norm: str) -> float | None:
 
 
 class VAESpace:
-    """The latent space of ``vae`` with per-channel ``shift`` and ``scale``; after :meth:`prepare`, ``table`` (the
-    cached posterior moments of the training images) lets :meth:`draw_x0` skip the encoder."""
+    """The latent space of ``vae`` with per-channel ``shift`` and ``scale`` (none by default: the raw posterior); after
+    :meth:`prepare`, ``table`` (the cached posterior moments of the training images) lets :meth:`draw_x0` skip the
+    encoder."""
 
     name = "vae"
 
-    def __init__(self, vae: LoadedVAE, shift: torch.Tensor, scale: torch.Tensor, norm: str = "channel",
-                 device: str | torch.device = "cpu"):
+    def __init__(self, vae: LoadedVAE, shift: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                 norm: str = "channel", device: str | torch.device = "cpu"):
         self.vae, self.norm = vae, norm
         self.table: LatentTable | None = None
+        c = vae.latent_channels
+        shift = torch.zeros(c) if shift is None else shift
+        scale = torch.ones(c) if scale is None else scale
         self.shift, self.scale = shift.float().view(1, -1, 1, 1), scale.float().view(1, -1, 1, 1)
         self.to(device)
 
@@ -120,7 +124,7 @@ def open_vae_space(source: str, image_shape: tuple[int, int, int], norm: str = "
     parse_norm(norm)
     vae = load_vae(source)
     vae.latent_shape(image_shape)
-    return VAESpace(vae, torch.zeros(vae.latent_channels), torch.ones(vae.latent_channels), norm, device=device)
+    return VAESpace(vae, norm=norm, device=device)
 
 
 def space_from_record(record: dict, run: Path | str, device: str | torch.device = "cpu") -> VAESpace:

@@ -29,6 +29,7 @@ from diffrep.precision import resolve_precision
 from diffrep.runtime import pick_device
 from diffrep.train.batches import EpochSampler, step_generator
 from diffrep.train.rundir import lock_run_dir, trim_metrics
+from diffrep.train.schedules import ramped_decay, warmed_up
 
 RESUMABLE = ("steps", "ckpt_every", "log_every", "keep_last", "precision")
 """Options a ``--resume`` may change."""
@@ -81,6 +82,7 @@ class VaeTrainer:
         self.cfg, self.out, self.progress = cfg.validate(), Path(out), progress
         self.device = pick_device(device)
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
+        self.shown = load_dataset(cfg.data, "test", cfg.image_size).images[:16]     # reconstructions.png's row
         torch.manual_seed(cfg.seed)
         self.vae = build_vae(cfg.preset, self.data.shape, parse_latent(cfg.latent)).to(self.device)
         self.ema = copy.deepcopy(self.vae).requires_grad_(False).eval()
@@ -143,7 +145,7 @@ class VaeTrainer:
         cfg = self.cfg
         x, g = self.batch(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+            group["lr"] = warmed_up(cfg.lr, cfg.warmup, step)
         x = x.to(self.device)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision.autocast):
             posterior = self.vae.encode(x).latent_dist
@@ -159,8 +161,8 @@ class VaeTrainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.vae.parameters()), 1.0 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.vae.parameters()),
+                                 1.0 - ramped_decay(cfg.ema_decay, step))
         return {"loss": loss.detach(), "mse": rec.detach() / x[0].numel(), "kl": kl.detach()}
 
     def run(self) -> int:
@@ -217,11 +219,10 @@ class VaeTrainer:
         save_checkpoint(self.out, self.step, {"model": self.vae.state_dict(), "ema": self.ema.state_dict()}, state,
                         self.cfg.identity(), self.cfg.keep_last)
         save_vae_folder(copy.deepcopy(self.ema).cpu(), self.out / EXPORT_DIR)
-        test = load_dataset(self.cfg.data, "test", self.cfg.image_size).images[:16]
         with torch.no_grad():
-            recon = to_uint8(self.ema.decode(self.ema.encode(to_model_range(test).to(self.device)).latent_dist.mean)
-                             .sample.float().cpu())
-        save_grid(torch.cat([test, recon]), self.out / "reconstructions.png", nrow=16)
+            x = to_model_range(self.shown).to(self.device)
+            recon = to_uint8(self.ema.decode(self.ema.encode(x).latent_dist.mean).sample.float().cpu())
+        save_grid(torch.cat([self.shown, recon]), self.out / "reconstructions.png", nrow=16)
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.vae.parameters()) / 1e6
@@ -245,7 +246,7 @@ def reconstruction_floor(source: str | Path, dataset: str = "mnist5k", device: s
                            f"{', '.join(BUILTIN)}")
     test = load_builtin(dataset, "test")
     vae = load_vae(source)
-    space = VAESpace(vae, torch.zeros(vae.latent_channels), torch.ones(vae.latent_channels), device=pick_device(device))
+    space = VAESpace(vae, device=pick_device(device))
     recon = space.decode(space.encode(test.images))
     mse = float((to_model_range(recon) - to_model_range(test.images)).pow(2).mean())
     verdict = judge(ImageSet(recon, test.labels, test.num_classes, f"{dataset}:test reconstructions"), dataset,

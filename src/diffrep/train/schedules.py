@@ -7,7 +7,12 @@ from diffrep.config import TrainConfig
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then constant (DiT / SiT / REPA), so a run can be extended by raising ``--steps``."""
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    return warmed_up(cfg.lr, cfg.warmup, step)
+
+
+def warmed_up(lr: float, warmup: int, step: int) -> float:
+    """``lr`` after a linear warm-up of ``warmup`` steps, at optimiser step ``step``."""
+    return lr * min(1.0, (step + 1) / max(warmup, 1))
 
 
 def ema_decay_at(cfg: TrainConfig, step: int) -> float:
@@ -20,5 +25,9 @@ def ema_decay_at(cfg: TrainConfig, step: int) -> float:
     """
     if step < cfg.ema_start:
         return 0.0
-    k = step - cfg.ema_start
-    return min(cfg.ema_decay, (1 + k) / (10 + k))
+    return ramped_decay(cfg.ema_decay, step - cfg.ema_start)
+
+
+def ramped_decay(decay: float, k: int) -> float:
+    """``min(decay, (1 + k) / (10 + k))`` at ``k`` steps since the EMA started (:func:`ema_decay_at`)."""
+    return min(decay, (1 + k) / (10 + k))
