@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--fit-images", type=int, default=100)
     ap.add_argument("--name", default="classify", help="result name: results/<name>.json and .png")
     args = ap.parse_args()
-    net, process, cfg, info, _ = load_run(args.run, "ema", "cpu")
+    net, process, cfg, info, *_ = load_run(args.run, "ema", "cpu")
     timer = ForwardTimer(net)
     classes, pairs = info["num_classes"], args.pairs
     test = load_builtin("mnist5k", "test")

@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--name", default="fd_noise")
     a = p.parse_args()
-    net, process, _, info, _ = load_run(a.run, device="cpu")
+    net, process, _, info, *_ = load_run(a.run, device="cpu")
     checkpoints = {c.step: c for c in (verify(path) for path in list_checkpoints(a.run))}
     snapshots = [(step, c.weights("model")) for step, c in sorted(checkpoints.items())]
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm import tqdm
@@ -21,8 +21,12 @@ from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
 from diffrep.guidance import ClassifierFreeGuidance, Guidance
 from diffrep.precision import Precision, resolve_precision
+from diffrep.processes import ImageBound
 from diffrep.rng import keyed_generator
 from diffrep.samplers import get_sampler, initial_noise
+
+if TYPE_CHECKING:
+    from diffrep.latent.diffusevae import Reconstructions
 
 
 def make_labels(spec: str | int | None, n: int, num_classes: int, seed: int = 0) -> torch.Tensor | None:
@@ -48,18 +52,18 @@ def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int,
              grid_rho: float | None = None, seed: int = 0, labels: torch.Tensor | None = None,
              guidance: Guidance | None = None, batch_size: int = 250, autocast: bool = True,
              chunks: Callable[[int], bool] | None = None, progress: bool = True,
-             space: Space | None = None) -> dict[int, torch.Tensor]:
+             space: Space | None = None, image_condition: Reconstructions | None = None) -> dict[int, torch.Tensor]:
     """Samples as ``{chunk index: uint8 images}`` for the chunks ``chunks(j)`` selects (all by default).
 
     ``guidance`` wraps the net's denoiser (e.g. ``cfg_guidance(1.5, labels=labels)``); samples are decoded through
-    ``space`` (the pixel space by default).  Sampling runs under ``torch.inference_mode``: no gradient
-    is needed here.
+    ``space`` (the pixel space by default).  A DiffuseVAE net refines VAE samples: chunk ``j``'s are drawn by
+    ``image_condition`` from a generator seeded by ``(seed, j, 1)``, apart from the diffusion's noise.  Sampling runs
+    under ``torch.inference_mode``, or under ``torch.no_grad`` where the guidance takes gradients
+    (``guidance.needs_grad``).
     """
     space = space or PixelSpace()
     device = next(net.parameters()).device
-    denoiser = process.denoiser(net, autocast)
-    if guidance is not None:
-        denoiser = guidance(denoiser)
+    base = process.denoiser(net, autocast)
     sample = get_sampler(sampler)
     ts = process.time_grid(steps, grid_rho)
     todo = [j for j in range(-(-n // batch_size)) if chunks is None or chunks(j)]
@@ -69,7 +73,12 @@ def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int,
         g = keyed_generator(seed, j)
         x = initial_noise(process, (hi - lo, *shape), ts[0], g, device)
         cond = None if labels is None else labels[lo:hi].to(device)
-        with torch.inference_mode():
+        denoiser = base
+        if image_condition is not None:
+            denoiser = ImageBound(base, image_condition.sample(hi - lo, keyed_generator(seed, j, 1)).to(device))
+        if guidance is not None:
+            denoiser = guidance(denoiser)
+        with torch.no_grad() if getattr(guidance, "needs_grad", False) else torch.inference_mode():
             out[j] = space.decode(sample(denoiser, x, ts, cond=cond, generator=g).cpu())
     return out
 
@@ -100,15 +109,17 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
                cfg: float = 1.0, cfg_interval: tuple[float, float] | None = None, labels: str = "balanced",
                batch_size: int = 250, weights: str = "ema", precision: str = "auto", grid: Path | None = None,
                device: str = "auto", progress: bool = True, compile_net: bool | str = "auto",
-               on_start: Callable[[Precision], None] | None = None) -> dict:
+               on_start: Callable[[Precision], None] | None = None, guidance: list[str] | None = None) -> dict:
     """Sample a run into an ADM-layout ``.npz``; returns what was done.
 
     ``compile_net``: ``True``/``"on"``, ``False``/``"off"``, or ``"auto"`` (:func:`compile_pays`).
     Under torchrun, rank ``r`` of ``W`` draws chunks ``j ≡ r (mod W)`` and rank 0 writes the
     file; chunk ``j`` is seeded by ``(seed, j)``, so image ``i`` is the same for any ``W``.
-    ``on_start`` gets the precision once the run is loaded and the options checked.
+    ``on_start`` gets the precision once the run is loaded and the options checked.  ``guidance``: ``--guidance`` specs
+    (:mod:`diffrep.guidance.spec`), applied after ``cfg``.
     """
     from diffrep.data import save_grid
+    from diffrep.guidance.spec import GuidanceChain, build_guidance
     from diffrep.io import provenance, save_npz
     from diffrep.runs import load_run
     from diffrep.runtime import CompiledOrEager
@@ -126,15 +137,18 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
     if compiled:
         net = CompiledOrEager(net)
     y = make_labels(labels, n, info["num_classes"], seed)
-    guidance = cfg_guidance(cfg, cfg_interval, y)
+    chain = build_guidance(list(guidance or []), run, info, y, next(net.parameters()).device, chosen.autocast)
+    legacy = cfg_guidance(cfg, cfg_interval, y)
+    if legacy is not None:
+        chain = GuidanceChain([legacy] + (chain.wrappers if chain else []), chain is not None and chain.needs_grad)
     if on_start is not None and world.is_main:
         on_start(chosen)
     start = time.perf_counter()
     chunks = generate(net, process, loaded.x0_shape, n, sampler=sampler, steps=steps, grid_rho=grid_rho,
-                      seed=seed, labels=y, guidance=guidance, batch_size=batch_size,
+                      seed=seed, labels=y, guidance=chain, batch_size=batch_size,
                       autocast=chosen.autocast,
                       chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main,
-                      space=loaded.space)
+                      space=loaded.space, image_condition=loaded.image_condition)
     images = distributed.gather_chunks(chunks)
     seconds = time.perf_counter() - start
     if world.is_main:
@@ -146,6 +160,7 @@ def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", step
             save_grid(images[:100], grid, nrow=10)
     distributed.barrier()
     return {"n": n, "sampler": sampler, "steps": steps, "grid_rho": grid_rho, "nfe": nfe,
-            "cfg": cfg, "cfg_interval": cfg_interval, "seed": seed, "checkpoint_step": info["step"],
+            "cfg": cfg, "cfg_interval": cfg_interval, "guidance": list(guidance or []), "seed": seed,
+            "checkpoint_step": info["step"],
             "precision": chosen.name, "compiled": compiled, "seconds": seconds,
             "images_per_s": n / seconds, "out": str(out)}

@@ -17,7 +17,8 @@ class Batch:
     (``NULL_LABEL`` where dropped) or ``None``; ``t``: times; ``noise``: ε, same shape as ``x0``;
     ``loss_weight``: optional per-element weights of the denoising loss (broadcast to ``x0``; a
     plug-in sets them); ``pixels``: the ``uint8`` images ``x0`` was encoded from (what REPA's
-    encoder reads; ``None`` where a batch is built without them).
+    encoder reads; ``None`` where a batch is built without them); ``image``: the conditioning image of a DiffuseVAE run
+    (the VAE's reconstruction of ``pixels``, in [-1, 1]), else ``None``.
     """
 
     x0: torch.Tensor
@@ -26,6 +27,7 @@ class Batch:
     noise: torch.Tensor
     loss_weight: torch.Tensor | None = None
     pixels: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
     def replace(self, **changes) -> "Batch":
         return replace(self, **changes)
@@ -51,7 +53,7 @@ def denoising_loss(denoiser: Denoiser, batch: Batch, taps: tuple[str, ...] = ())
     """
     process = denoiser.process
     xt = process.corrupt(batch.x0, batch.t, batch.noise)
-    raw, hidden = denoiser.raw(xt, batch.t, batch.cond, taps)
+    raw, hidden = denoiser.raw(xt, batch.t, batch.cond, taps, batch.image)
     error = (raw - process.target(batch.x0, batch.noise, batch.t)).pow(2)
     if batch.loss_weight is None:
         per_sample = error.flatten(1).mean(1)

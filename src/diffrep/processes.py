@@ -283,35 +283,54 @@ class Denoiser:
     """``D(x_t, t, cond) -> Prediction`` for a net trained with ``process``.
 
     ``t`` may be a Python float or a tensor of shape ``B``; the net runs in bf16 autocast
-    when ``autocast`` is set and its outputs are returned in float32.
+    when ``autocast`` is set and its outputs are returned in float32.  ``image`` is the conditioning image of a
+    DiffuseVAE net (:func:`diffrep.nets.common.join_image`), passed as it is (it is clean: no input scaling).
     """
 
     def __init__(self, net: nn.Module, process: Process, autocast: bool = False):
         self.net, self.process, self.autocast = net, process, autocast
 
-    def _net(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...], **kw):
+    def _net(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...],
+             image: torch.Tensor | None = None, **kw):
         x_in = x * _bcast(self.process.net_input_scale(t), x)
+        if image is not None:
+            kw["image"] = image
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.net(x_in, self.process.net_time(t).float(), cond, taps=taps, **kw)
 
-    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...] = ()):
+    def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...] = (),
+            image: torch.Tensor | None = None):
         """The net's raw output (and tapped hidden states) at ``(x_t, t)``."""
-        out, hidden = self._net(x, t, cond, taps)
+        out, hidden = self._net(x, t, cond, taps, image)
         return out.float(), hidden
 
-    def hidden(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...]) -> dict:
+    def hidden(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...],
+               image: torch.Tensor | None = None) -> dict:
         """Only the tapped hidden states at ``(x_t, t)``: the net stops after the deepest tap."""
-        return self._net(x, t, cond, taps, taps_only=True)[1]
+        return self._net(x, t, cond, taps, image, taps_only=True)[1]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
-                 taps: tuple[str, ...] = ()) -> Prediction:
+                 taps: tuple[str, ...] = (), image: torch.Tensor | None = None) -> Prediction:
         if isinstance(t, torch.Tensor):
             t = t.to(x.device, torch.float32).expand(x.shape[0])
         else:  # a filled tensor, not a host-to-device copy (which would make the host wait for the GPU)
             t = torch.full((x.shape[0],), float(t), device=x.device)
-        raw, hidden = self.raw(x, t, cond, taps)
+        raw, hidden = self.raw(x, t, cond, taps, image)
         x0, eps = self.process.predict(raw, x, t)
         return Prediction(x0, eps, hidden)
+
+
+class ImageBound:
+    """A denoiser with a DiffuseVAE net's conditioning images bound: what samplers and guidance call.  A batch that is
+    a multiple of the images (classifier-free guidance's doubled batch) sees them repeated."""
+
+    def __init__(self, denoiser: Denoiser, image: torch.Tensor):
+        self.denoiser, self.image, self.process = denoiser, image, denoiser.process
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
+                 taps: tuple[str, ...] = ()) -> Prediction:
+        image = self.image if len(x) == len(self.image) else self.image.repeat(len(x) // len(self.image), 1, 1, 1)
+        return self.denoiser(x, t, cond, taps, image)
 
 
 PROCESSES = ("flow", "vp", "edm")

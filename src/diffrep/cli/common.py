@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("train", "list the presets"),
     "plugins": ("train", "list the training plug-ins and their options"),
     "sample": ("sample", "draw samples from a trained run (ADM .npz layout)"),
+    "train-classifier": ("sample", "train a noise-aware classifier of a run for classifier guidance (--guidance "
+                         "classifier:)"),
     "restore": ("restore", "restore measured images with a run as the prior (RED-diff, DPS, ΠGDM, DDRM, DAPS)"),
     "translate": ("restore", "image-to-image translation by inversion (CycleDiffusion's DPM-Encoder)"),
     "eval": ("evaluate", "metrics × encoders between generated and reference images"),

@@ -141,7 +141,7 @@ def _run_features(a) -> int:
     from diffrep.represent import check_times, diffusion_features, resolve_blocks
     from diffrep.runs import check_images_fit_run, load_run
 
-    net, process, cfg, info, space = load_run(a.source, "ema", a.device)
+    net, process, cfg, info, space, condition = load_run(a.source, "ema", a.device)
     if a.data is None and cfg.data not in BUILTIN:
         raise DiffrepError(f"{a.source} was trained on {cfg.data}: pass --data with the images to encode")
     data = a.data or f"{cfg.data}:test"
@@ -154,7 +154,7 @@ def _run_features(a) -> int:
     feats = diffusion_features(net, process, images.images, blocks=blocks, times=times, pooling=a.pool,
                                seed=a.seed, resample=a.resample_noise, noise_draws=a.noise_draws,
                                normalize=a.l2_normalize, batch_size=a.batch_size, autocast=precision.autocast,
-                               progress=not a.no_progress, space=space)
+                               progress=not a.no_progress, space=space, condition=condition)
     spec = json.dumps({"run": str(a.source), "data": images.name, "pool": a.pool, "seed": a.seed,
                        "resample_noise": a.resample_noise, "noise_draws": a.noise_draws, "l2_normalize": a.l2_normalize,
                        "precision": precision.name})

@@ -24,7 +24,10 @@ def register(sub) -> None:
                        epilog=examples("diffrep sample runs/x --n 1000 --sampler euler --steps 50 --out samples.npz "
                                        "--grid grid.png",
                                        "diffrep sample runs/x --n 1000 --sampler dpmpp_2m --steps 20 --cfg 1.5 "
-                                       "--cfg-interval 0.1,0.9 --out s.npz"))
+                                       "--cfg-interval 0.1,0.9 --out s.npz",
+                                       "diffrep sample runs/x --guidance auto:ckpt=250,w=2 --out auto.npz",
+                                       "diffrep sample runs/x --guidance classifier:path=clf.safetensors,scale=2 "
+                                       "--out cg.npz"))
     s.add_argument("run", type=Path, help="run directory written by `diffrep train`")
     s.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=1000,
                    help="number of images (spell it --num-samples under torchrun, whose own options --n would abbreviate)")
@@ -34,6 +37,10 @@ def register(sub) -> None:
                    "default: the process's (1 for flow and vp, 7 for edm)")
     s.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1: off)")
     s.add_argument("--cfg-interval", help="lo,hi: guide only for t (σ for edm) in [lo, hi]")
+    s.add_argument("--guidance", action="append", default=[], metavar="KIND[:OPT=VAL,…]",
+                   help="repeatable, applied in order: cfg:1.5 | cfg:scale=1.5,lo=0.1,hi=0.9 | auto:ckpt=STEP,w=2 | "
+                        "auto:run=PATH[@STEP],w=2 | classifier:path=FILE,scale=2 | elucd:path=FILE,scale=2,beta=3 "
+                        "(docs/guidance.md)")
     s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--out", type=Path, required=True, help=".npz: arr_0 uint8 N×H×W×C, arr_1 labels")
@@ -43,6 +50,22 @@ def register(sub) -> None:
                         "draws at least 1,000 images × 50 net calls, where compiling pays for itself (measured: "
                         "docs/sampling.md#compiling); --compile alone: on")
     s.set_defaults(handler=cmd_sample)
+
+    c = sub.add_parser("train-classifier", help=COMMANDS["train-classifier"][1], formatter_class=FORMATTER,
+                       parents=parents(seed=1, batch_size=128, outputs=True),
+                       description="Train ADM's noise-aware classifier (arXiv 2105.05233) on a class-conditional run's "
+                                   "data, space and process, for --guidance classifier:path=OUT.",
+                       epilog=examples("diffrep train-classifier runs/qs --out runs/qs/classifier.safetensors",
+                                       "diffrep sample runs/qs --guidance "
+                                       "classifier:path=runs/qs/classifier.safetensors,scale=2 --out cg.npz"))
+    c.add_argument("run", type=Path, help="a class-conditional run directory")
+    c.add_argument("--out", type=Path, required=True, help="the classifier's .safetensors")
+    c.add_argument("--steps", type=positive_int, default=1500, help="optimiser steps (default 1500)")
+    c.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    c.add_argument("--channels", type=positive_int, help="base width (default 32; 24 with --clean)")
+    c.add_argument("--clean", action="store_true", help="a classifier of clean images (for --guidance elucd:) instead "
+                   "of a noise-aware one")
+    c.set_defaults(handler=cmd_train_classifier)
 
 
 def parse_interval(text: str | None) -> tuple[float, float] | None:
@@ -70,8 +93,21 @@ def cmd_sample(a: argparse.Namespace) -> int:
                       stacklevel=1)
     done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.grid_rho, a.seed, a.cfg, parse_interval(a.cfg_interval),
                       a.labels, a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress,
-                      compile_net=a.compile, on_start=startup)
+                      compile_net=a.compile, on_start=startup, guidance=a.guidance)
     if distributed.current().is_main:
-        print(f"{done['n']} samples ({done['sampler']}, {done['nfe']} net calls each, cfg {done['cfg']}) from step "
+        guided = "".join(f", {g}" for g in done["guidance"])
+        print(f"{done['n']} samples ({done['sampler']}, {done['nfe']} net calls each, cfg {done['cfg']}{guided}) "
+              f"from step "
               f"{done['checkpoint_step']} in {done['seconds']:.1f}s → {a.out}" + (f", grid {a.grid}" if a.grid else ""))
+    return 0
+
+
+def cmd_train_classifier(a: argparse.Namespace) -> int:
+    from diffrep.guidance.train_classifier import train_classifier
+
+    check_outputs(a, "out")
+    card = train_classifier(a.run, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, channels=a.channels,
+                            seed=a.seed, clean=a.clean, device=a.device, progress=not a.no_progress)
+    accuracy = ", ".join(f"{v:.1%} at t={t}" for t, v in card["test_accuracy"].items())
+    print(f"classifier for {a.run} ({card['steps']} steps, {card['seconds']:.0f}s) → {a.out}; test accuracy {accuracy}")
     return 0

@@ -57,6 +57,9 @@ class TrainConfig:
     class_conditional: bool = option(True, "data", "ignore labels even when the data has them",
                                      flag="--unconditional", action="store_false")
     label_dropout: float = option(0.1, "data", "fraction of labels replaced by the null class (CFG)")
+    condition: str = option("labels", "data", "labels (the data's own) or clusters:k=K,source=pixels|ENCODER|run:PATH: "
+                            "k-means self-labels for data without annotations (self-guided diffusion, arXiv 2210.06462)",
+                            metavar="labels|clusters:k=K,…")
     space: str = option("pixels", "space", "where the net works: pixels, or vae:PATH (a VAE run of `diffrep train-vae`, "
                         "a diffusers AutoencoderKL folder, or a hub name such as stabilityai/sd-vae-ft-ema)",
                         metavar="pixels|vae:PATH")
@@ -65,6 +68,9 @@ class TrainConfig:
     latent_cache: bool = option(True, "space", "latent space only: draw each step's latents from cached posterior "
                                 "moments (--no-latent-cache encodes every batch on the fly; same draws)",
                                 action="negatable")
+    diffusevae: str = option("", "space", "DiffuseVAE (arXiv 2201.00308): condition the net on this VAE's "
+                             "reconstruction of each image (a VAE run or folder, as --space vae:); sampling refines VAE samples",
+                             metavar="VAE")
     model: str = option("UNet-S", "model", "the net's registered size", choices=_models, metavar="MODEL")
     grad_checkpoint: bool = option(False, "model", "activation checkpointing per block: less memory, ~30%% more compute")
     channels_last: bool = option(False, "model", "U-Net in NHWC memory layout (not with --compile on the CPU)")
@@ -126,6 +132,9 @@ class TrainConfig:
 
         check_space_spec(self.space)
         parse_norm(self.latent_norm)
+        from diffrep.represent.clusters import parse_condition
+
+        parse_condition(self.condition)
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise DiffrepError("--steps, --batch-size and --grad-accum must be positive")
         if self.batch_size % self.grad_accum:
@@ -158,6 +167,11 @@ class TrainConfig:
                                f"not {self.data}; pass --eval-encoders inception (or pixels, dinov2-s14, clip)")
         if self.space == "pixels" and (self.latent_norm, self.latent_cache) != ("channel", True):
             raise DiffrepError("--latent-norm and --no-latent-cache apply to a latent space only (--space vae:PATH)")
+        if self.condition != "labels" and not self.class_conditional:
+            raise DiffrepError("--condition clusters gives the net self-labels to condition on: drop --unconditional")
+        if self.diffusevae and self.space != "pixels":
+            raise DiffrepError("--diffusevae conditions a pixel-space net on a VAE's reconstructions: drop --space (or "
+                               "--diffusevae)")
         if self.image_size is not None and (self.data in BUILTIN or self.data.endswith(".npz")):
             raise DiffrepError(f"--image-size resizes the images of a folder; {self.data} has a fixed size: "
                                "drop --image-size")

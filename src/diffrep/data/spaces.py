@@ -97,3 +97,13 @@ def open_space(spec: str, image_shape: tuple[int, int, int], *, norm: str = "cha
     from diffrep.latent.space import open_vae_space
 
     return open_vae_space(spec[4:], image_shape, norm, device)
+
+
+def open_image_condition(vae: str, image_shape: tuple[int, int, int], device: str | torch.device = "cpu"):
+    """A DiffuseVAE run's conditioning images (``--diffusevae VAE``; :mod:`diffrep.latent.diffusevae`), or ``None``
+    where ``vae`` is empty; training then calls its ``prepare``."""
+    if not vae:
+        return None
+    from diffrep.latent.diffusevae import open_reconstructions
+
+    return open_reconstructions(vae, image_shape, device)

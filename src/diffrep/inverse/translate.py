@@ -104,7 +104,7 @@ def translate_run(source_run: Path, target_run: Path, *, data: str = "mnist5k:te
     runs = [load_run(r, "ema", device) for r in (source_run, target_run)]
     for r, run in zip((source_run, target_run), runs):
         check_images_fit_run(inputs.images, run.info, r, data)
-        refuse_latent(run.space, r)
+        refuse_latent(run.space, r, run.image_condition)
     conds = [translation_labels(mode, inputs.labels, n, run.info["num_classes"])
              for mode, run in zip((source_labels, target_labels), runs)]
     dev = next(runs[0].net.parameters()).device

@@ -127,16 +127,23 @@ def open_vae_space(source: str, image_shape: tuple[int, int, int], norm: str = "
     return VAESpace(vae, norm=norm, device=device)
 
 
-def space_from_record(record: dict, run: Path | str, device: str | torch.device = "cpu") -> VAESpace:
-    """The space a latent run was trained in (``model.json``'s ``space``); a one-line error when its VAE is gone or
-    has changed since."""
+def recorded_vae(record: dict, run: Path | str, role: str) -> LoadedVAE:
+    """The VAE a run recorded (``record``'s ``vae`` and ``vae_sha256``); ``role`` says what the run used it for, in the
+    one-line error when the VAE is gone or has changed since."""
     source = record["vae"]
     try:
         vae = load_vae(source)
     except DiffrepError as e:
-        raise DiffrepError(f"{run} was trained in the latent space of the VAE {source}, which cannot be loaded now "
-                           f"({e}); put the VAE back there to sample or read this run") from None
+        raise DiffrepError(f"{run} was trained {role} {source}, which cannot be loaded now ({e}); put the VAE back "
+                           "there to sample or read this run") from None
     if vae.sha256 != record["vae_sha256"]:
-        raise DiffrepError(f"{run} was trained with the VAE at {source}, whose weights have changed since (SHA-256 "
+        raise DiffrepError(f"{run} was trained {role} {source}, whose weights have changed since (SHA-256 "
                            f"{vae.sha256[:12]}… ≠ {record['vae_sha256'][:12]}…): restore that VAE")
+    return vae
+
+
+def space_from_record(record: dict, run: Path | str, device: str | torch.device = "cpu") -> VAESpace:
+    """The space a latent run was trained in (``model.json``'s ``space``); a one-line error when its VAE is gone or
+    has changed since."""
+    vae = recorded_vae(record, run, "in the latent space of the VAE")
     return VAESpace(vae, torch.tensor(record["shift"]), torch.tensor(record["scale"]), record["norm"], device=device)

@@ -88,6 +88,22 @@ class SelfCondition(nn.Module):
         return cond + self.mlp(pooled.to(cond.dtype)).to(cond.dtype)
 
 
+def join_image(x: torch.Tensor, image: torch.Tensor | None, image_channels: int) -> torch.Tensor:
+    """``x`` with the conditioning ``image`` concatenated along channels (DiffuseVAE's form 1, arXiv 2201.00308), for a
+    net built with ``image_channels``; a one-line error where the image is missing or not expected."""
+    if image_channels == 0:
+        if image is not None:
+            raise DiffrepError("this net takes no conditioning image (it was not trained with --diffusevae)")
+        return x
+    if image is None:
+        raise DiffrepError("this net is conditioned on an image (a --diffusevae run): pass image=, the VAE's "
+                           "reconstruction")
+    if image.shape[0] != x.shape[0] or image.shape[1] != image_channels or image.shape[2:] != x.shape[2:]:
+        raise DiffrepError(f"the conditioning image is {tuple(image.shape)} but this net takes {image_channels} "
+                           f"channels at {tuple(x.shape[2:])} for a batch of {x.shape[0]}")
+    return torch.cat([x, image.to(x.dtype)], dim=1)
+
+
 def check_taps(taps: tuple[str, ...], valid: tuple[str, ...]) -> None:
     unknown = [t for t in taps if t not in valid]
     if unknown:

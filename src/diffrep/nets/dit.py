@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffrep.errors import DiffrepError
-from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps
+from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps, join_image
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
@@ -92,9 +92,11 @@ class DiT(nn.Module):
         learned_pos: bool = False,
         grad_checkpoint: bool = False,
         self_condition: int = 0,
+        image_channels: int = 0,
     ):
         """``self_condition``: 0 = off; K = the mean of block K's tokens conditions blocks K+1…
-        (:class:`SelfCondition`); −1 = the middle block, ``depth // 2``."""
+        (:class:`SelfCondition`); −1 = the middle block, ``depth // 2``.  ``image_channels``: channels of a
+        conditioning image concatenated to the input before patching (DiffuseVAE; ``forward(..., image=)``)."""
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
@@ -102,10 +104,11 @@ class DiT(nn.Module):
         if not 0 <= self.self_condition < depth:
             raise DiffrepError(f"self-conditioning source block {self_condition} must be in 1…{depth - 1} (or -1: the middle)")
         self.in_channels, self.patch_size, self.num_classes = in_channels, patch_size, num_classes
+        self.image_channels = image_channels
         self.grid = image_size // patch_size
         self.hidden_size, self.depth = hidden_size, depth
         self.grad_checkpoint = grad_checkpoint
-        self.x_embedder = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+        self.x_embedder = nn.Conv2d(in_channels + image_channels, hidden_size, patch_size, stride=patch_size)
         self.t_embedder = TimestepEmbedding(hidden_size)
         self.y_embedder = LabelEmbedding(num_classes, hidden_size) if num_classes > 0 else None
         pos = sincos_pos_embed_2d(hidden_size, self.grid).unsqueeze(0)
@@ -142,10 +145,10 @@ class DiT(nn.Module):
         return x.reshape(b, c, g * p, g * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = (),
-                taps_only: bool = False):
+                taps_only: bool = False, image: torch.Tensor | None = None):
         """``(out, {tap: hidden})``; with ``taps_only``, ``(None, {tap: hidden})`` right after the deepest tap."""
         check_taps(taps, self.tap_names)
-        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed
+        h = self.x_embedder(join_image(x, image, self.image_channels)).flatten(2).transpose(1, 2) + self.pos_embed
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(cond, batch=x.shape[0])

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffrep.errors import DiffrepError
-from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps
+from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps, join_image
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -95,16 +95,18 @@ class UNet(nn.Module):
         num_classes: int = 10,
         grad_checkpoint: bool = False,
         self_condition: int = 0,
+        image_channels: int = 0,
     ):
         """``self_condition``: 0 = off; −1 (or the middle block's index) = the mean of the middle
-        block's map conditions the decoder (:class:`SelfCondition`)."""
+        block's map conditions the decoder (:class:`SelfCondition`).  ``image_channels``: channels of a conditioning
+        image concatenated to the input (DiffuseVAE; ``forward(..., image=)``)."""
         super().__init__()
-        self.in_channels, self.num_classes = in_channels, num_classes
+        self.in_channels, self.num_classes, self.image_channels = in_channels, num_classes, image_channels
         self.grad_checkpoint = grad_checkpoint
         emb_dim = 4 * channels
         self.t_embedder = TimestepEmbedding(emb_dim, freq_dim=channels)
         self.y_embedder = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.conv_in = nn.Conv2d(in_channels + image_channels, channels, 3, padding=1)
 
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, ch, res = [channels], channels, image_size
@@ -149,9 +151,10 @@ class UNet(nn.Module):
         return block(h, emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = (),
-                taps_only: bool = False):
+                taps_only: bool = False, image: torch.Tensor | None = None):
         """``(out, {tap: hidden})``; with ``taps_only``, ``(None, {tap: hidden})`` right after the deepest tap."""
         check_taps(taps, self.tap_names)
+        x = join_image(x, image, self.image_channels)
         emb = self.t_embedder(t)
         if self.y_embedder is not None:
             emb = emb + self.y_embedder(cond, batch=x.shape[0])

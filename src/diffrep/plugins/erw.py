@@ -71,7 +71,7 @@ class ERW(REPA):
         for k in tqdm(range(self.options.warmup_steps), desc="erw warm-up", disable=not warm.progress):
             batch = warm.batch(k)
             t = torch.full_like(batch.t, self.process.t_min)
-            hidden = denoiser.hidden(self.process.corrupt(batch.x0, t, batch.noise), t, batch.cond, (tap,))
+            hidden = denoiser.hidden(self.process.corrupt(batch.x0, t, batch.noise), t, batch.cond, (tap,), batch.image)
             with torch.autocast(batch.x0.device.type, dtype=torch.bfloat16, enabled=warm.autocast):
                 loss = -self.alignment(projector, hidden[tap], batch.pixels)
             optimizer.zero_grad(set_to_none=True)

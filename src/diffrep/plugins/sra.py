@@ -83,7 +83,8 @@ class SRA(Plugin):
         with torch.no_grad():
             x_teacher = self.process.corrupt(batch.x0, t_teacher, batch.noise)
             autocast = torch.is_autocast_enabled(x_teacher.device.type)      # the run's precision
-            hidden = self.process.denoiser(ema, autocast).hidden(x_teacher, t_teacher, batch.cond, (self.teacher_tap,))
+            hidden = self.process.denoiser(ema, autocast).hidden(x_teacher, t_teacher, batch.cond, (self.teacher_tap,),
+                                                                   batch.image)
         student = self.head(as_tokens(output.taps[self.taps[0]]).float()).float()
         teacher = match_token_grid(as_tokens(hidden[self.teacher_tap]).float(), student.shape[1])
         loss = alignment_loss(self.options.loss, student, teacher)

@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from tqdm import tqdm
@@ -41,6 +41,9 @@ from diffrep.errors import DiffrepError
 from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import Process
 from diffrep.rng import keyed_generator
+
+if TYPE_CHECKING:
+    from diffrep.latent.diffusevae import Reconstructions
 
 SCHEDULES = ("exhaustive", "adaptive", "racing")
 NORMS = ("l2", "l1")
@@ -62,18 +65,21 @@ def spread_order(pairs: int) -> torch.Tensor:
 
 class PairErrors:
     """Per-(image, class, pair) denoising errors, computed lazily and cached, in batched forwards; ``space``
-    encodes the ``uint8`` images into the net's ``x0`` (the pixel space by default); ``on_calls(k)`` is told of every
+    encodes the ``uint8`` images into the net's ``x0`` (the pixel space by default), ``condition`` gives a DiffuseVAE
+    net their reconstructions; ``on_calls(k)`` is told of every
     ``k`` network calls (a progress bar)."""
 
     def __init__(self, net: torch.nn.Module, process: Process, images: torch.Tensor, num_classes: int, *,
                  pairs: int, seed: int = 0, norm: str = "l2", autocast: bool = True, max_batch: int = 250,
-                 space: Space | None = None, on_calls: Callable[[int], object] | None = None):
+                 space: Space | None = None, condition: Reconstructions | None = None,
+                 on_calls: Callable[[int], object] | None = None):
         if norm not in NORMS:
             raise DiffrepError(f"unknown error norm {norm!r}: choose one of {', '.join(NORMS)}")
         self.process, self.norm, self.max_batch, self.seed = process, norm, max_batch, seed
         self.device = next(net.parameters()).device
         self.denoiser = process.denoiser(net, autocast)
         self.x0 = (space or PixelSpace()).encode(images).to(self.device)
+        self.image = None if condition is None else condition.reconstruct(images).to(self.device)
         self.times = pair_times(process, pairs)
         self.errors = torch.full((len(images), num_classes, pairs), float("nan"))
         self.requested = torch.zeros(self.errors.shape, dtype=torch.bool)
@@ -110,7 +116,8 @@ class PairErrors:
             eps = torch.stack([self._noise(int(i), int(j)) for i, j in zip(img, pair)]).to(self.device)
             t = self.times[pair].to(self.device)
             x0 = self.x0[img.to(self.device)]
-            raw, _ = self.denoiser.raw(self.process.corrupt(x0, t, eps), t, cls)
+            image = None if self.image is None else self.image[img.to(self.device)]
+            raw, _ = self.denoiser.raw(self.process.corrupt(x0, t, eps), t, cls, (), image)
             diff = (raw - self.process.target(x0, eps, t)).flatten(1)
             err = diff.pow(2).mean(1) if self.norm == "l2" else diff.abs().mean(1)
             self.errors[img, cls.cpu(), pair] = err.cpu()
@@ -227,7 +234,7 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
     data = data or load_run_config(run).data
     if time_weights not in ("uniform", "fitted"):
         raise DiffrepError(f"--time-weights {time_weights!r}: choose uniform or fitted")
-    net, process, _, info, space = load_run(run, "ema", device)
+    net, process, _, info, space, condition = load_run(run, "ema", device)
     if not info["num_classes"]:
         raise DiffrepError(f"{run} is an unconditional model: the Diffusion Classifier needs class labels")
     images = labelled_split(data, split, test_data)
@@ -247,7 +254,8 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
         fit = labelled_split(data, "train", test_data)
         fit = fit.subset(balanced_subset(fit.labels, fit_images))
         pe_fit = PairErrors(net, process, fit.images, info["num_classes"], pairs=pairs, seed=seed + 1, norm=norm,
-                            autocast=autocast, max_batch=batch_size, on_calls=bar.update, space=space)
+                            autocast=autocast, max_batch=batch_size, on_calls=bar.update, space=space,
+                            condition=condition)
         fitted_weights = fit_time_weights(pe_fit, fit.labels)
         if time_weights == "fitted":
             weights = fitted_weights
@@ -256,7 +264,8 @@ def classify_run(run: str | Path, *, data: str | None = None, split: str = "test
         fitted = {"fit_images": fit_images, "time_weights": fitted_weights.tolist(), "temperature": temperature}
     start = time.perf_counter()
     pe = PairErrors(net, process, images.images, info["num_classes"], pairs=pairs, seed=seed, norm=norm,
-                    autocast=autocast, max_batch=batch_size, on_calls=bar.update, space=space)
+                    autocast=autocast, max_batch=batch_size, on_calls=bar.update, space=space,
+                    condition=condition)
     result = classify(pe, schedule=schedule, weights=weights, rounds=rounds, z=z, order=order)
     seconds = time.perf_counter() - start
     bar.close()

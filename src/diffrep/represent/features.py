@@ -19,6 +19,7 @@ part of the noise a single draw leaves in them, at D forward passes per t.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,9 @@ from diffrep.errors import DiffrepError
 from diffrep.nets import NULL_LABEL
 from diffrep.processes import Process
 from diffrep.rng import keyed_generator
+
+if TYPE_CHECKING:
+    from diffrep.latent.diffusevae import Reconstructions
 
 POOLS = ("mean", "grid2", "grid4", "grid8", "flatten")
 
@@ -75,10 +79,12 @@ def check_times(process: Process, times: list[float]) -> None:
 def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Tensor, *, blocks: tuple[str, ...],
                        times: list[float], pooling: str = "mean", seed: int = 0, resample: bool = False,
                        noise_draws: int = 1, normalize: bool = False, batch_size: int = 250, autocast: bool = True,
-                       progress: bool = True, space: Space | None = None) -> dict[tuple[str, float], torch.Tensor]:
+                       progress: bool = True, space: Space | None = None,
+                       condition: Reconstructions | None = None) -> dict[tuple[str, float], torch.Tensor]:
     """``{(block, t): N×D float32 features}`` of ``uint8`` images; one forward per (batch, t, draw) taps
     every block; the pooled features are averaged over the ``noise_draws`` draws of ε.  ``space`` encodes the
-    images into the net's ``x0`` (the pixel space by default)."""
+    images into the net's ``x0`` (the pixel space by default); a DiffuseVAE net sees each image's reconstruction by
+    ``condition`` beside it."""
     if noise_draws < 1:
         raise DiffrepError(f"noise_draws must be at least 1, got {noise_draws}")
     check_times(process, times)
@@ -89,6 +95,7 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="features", unit="batch", disable=not progress):
         x0 = space.encode(images[start:start + batch_size]).to(device)
+        image = None if condition is None else condition.reconstruct(images[start:start + batch_size]).to(device)
         cond = torch.full((len(x0),), NULL_LABEL, device=device) if getattr(net, "num_classes", 0) else None
         shared = None if resample else [_noise(tuple(x0.shape), seed, start, None, d).to(device) for d in range(noise_draws)]
         for j, t in enumerate(times):
@@ -96,7 +103,7 @@ def diffusion_features(net: torch.nn.Module, process: Process, images: torch.Ten
             mean = dict.fromkeys(blocks, 0.0)
             for d in range(noise_draws):
                 eps = shared[d] if shared else _noise(tuple(x0.shape), seed, start, j, d).to(device)
-                hidden = denoiser.hidden(process.corrupt(x0, tt, eps), tt, cond, blocks)
+                hidden = denoiser.hidden(process.corrupt(x0, tt, eps), tt, cond, blocks, image)
                 for b in blocks:
                     mean[b] = mean[b] + pool(hidden[b].float(), pooling) / noise_draws
             for b in blocks:

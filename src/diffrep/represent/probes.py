@@ -193,7 +193,7 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
     splits: dict[tuple, ProbeSplit] = {}
     for backbone in backbones:
         if backbone == "diffusion":
-            net, process, _, info, space = load_run(run, "ema", device)
+            net, process, _, info, space, condition = load_run(run, "ema", device)
             check_images_fit_run(train.images, info, run, data)
             check_times(process, list(times))
             chosen = resolve_precision(precision, next(net.parameters()).device)
@@ -201,7 +201,7 @@ def probe_backbones(run: str | Path, *, data: str | None = None, backbones: list
                 on_start(chosen)
             kw = dict(blocks=resolve_blocks(blocks, net.tap_names), times=list(times), pooling=pooling, seed=seed,
                       resample=resample, noise_draws=noise_draws, normalize=normalize, batch_size=batch_size, autocast=chosen.autocast,
-                      progress=progress, space=space)
+                      progress=progress, space=space, condition=condition)
             f_train, f_test = diffusion_features(net, process, train.images, **kw), \
                 diffusion_features(net, process, test.images, **kw)
             for (block, t), f in f_train.items():

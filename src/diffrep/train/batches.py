@@ -7,6 +7,8 @@ trajectory does not depend on how the batch is split into micro-batches or proce
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from diffrep.config import TrainConfig
@@ -14,6 +16,9 @@ from diffrep.data import ImageSet, PixelSpace, Space
 from diffrep.loss import Batch
 from diffrep.nets import NULL_LABEL
 from diffrep.rng import keyed_generator
+
+if TYPE_CHECKING:
+    from diffrep.latent.diffusevae import Reconstructions
 
 BATCH_STREAM, EPOCH_STREAM, WARMUP_STREAM, PLUGIN_STREAM = 0, 1, 2, 3
 """Streams of :func:`step_generator`: the batch's draws, the epoch permutation, the draws of a plug-in's
@@ -48,9 +53,11 @@ class EpochSampler:
 
 
 def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int,
-               stream: int = BATCH_STREAM, space: Space | None = None) -> Batch:
+               stream: int = BATCH_STREAM, space: Space | None = None,
+               condition: Reconstructions | None = None) -> Batch:
     """The global batch of step ``step`` with all its randomness; ``x0`` is drawn by ``space`` from the (flipped) pixels
-    (the pixel space by default; a VAE's latent space draws a fresh latent from the posterior)."""
+    (the pixel space by default; a VAE's latent space draws a fresh latent from the posterior); a DiffuseVAE run's
+    ``condition`` adds the (flipped) images' reconstructions."""
     g = step_generator(cfg.seed, step, stream)
     pixels = data.images[indices]
     n = pixels.shape[0]
@@ -65,7 +72,8 @@ def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process,
     if cfg.class_conditional and data.labels is not None:
         drop = torch.rand(n, generator=g) < cfg.label_dropout
         cond = torch.where(drop, NULL_LABEL, data.labels[indices])
-    return Batch(x0, cond, t, noise, pixels=pixels)
+    image = None if condition is None else condition.draw(indices, flip)
+    return Batch(x0, cond, t, noise, pixels=pixels, image=image)
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -81,4 +89,5 @@ def slice_batch(batch: Batch, sl: slice, device: torch.device) -> Batch:
     def part(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else to_device(x[sl], device)
 
-    return Batch(part(batch.x0), part(batch.cond), part(batch.t), part(batch.noise), pixels=part(batch.pixels))
+    return Batch(part(batch.x0), part(batch.cond), part(batch.t), part(batch.noise), pixels=part(batch.pixels),
+                 image=part(batch.image))

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import dataclasses
 import json
-import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from diffrep import distributed
 from diffrep.checkpoint import latest_checkpoint, remove_partial_checkpoints, save_checkpoint
 from diffrep.config import TrainConfig, save_config
 from diffrep.data import load_dataset, open_space
+from diffrep.data.spaces import open_image_condition
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write, provenance
 from diffrep.loss import Batch
@@ -35,11 +35,12 @@ from diffrep.processes import make_process
 from diffrep.rng import BatchDraws
 from diffrep.runs import build_model
 from diffrep.runtime import CompiledOrEager, pick_device, use_deterministic_kernels
+from diffrep.represent.clusters import parse_condition, self_labelled
 from diffrep.train.batches import PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch, slice_batch, step_generator
 from diffrep.train.objectives import Denoising, Objective
 from diffrep.train.optim import make_optimizer
 from diffrep.train.rundir import check_resumable, choose_precision, clear_run, folder_state, lock_run_dir, trim_metrics
-from diffrep.train.periodic import PeriodicEval, log_record, sample_grid
+from diffrep.train.periodic import LossWindow, PeriodicEval, log_record, sample_grid
 from diffrep.train.schedules import ema_decay_at, lr_at
 from diffrep.train.signals import StopRequest
 
@@ -76,7 +77,10 @@ class Trainer:
         self.data = load_dataset(cfg.data, "train", cfg.image_size)
         self.space = open_space(cfg.space, self.data.shape, norm=cfg.latent_norm, device=self.device)
         self.x0_shape = self.space.x0_shape(self.data.shape)
+        self.image_condition = open_image_condition(cfg.diffusevae, self.data.shape, self.device)
         self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
+        if cfg.condition != "labels":                   # self-labels: k classes, the ids computed once the folder is ours
+            self.num_classes = parse_condition(cfg.condition)["k"]
         self.process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
         torch.manual_seed(cfg.seed)
         self.net = build_model(cfg, self.x0_shape, self.num_classes).to(self.device)
@@ -92,7 +96,10 @@ class Trainer:
         self.objective = objective or Denoising()
         self._evaluate = PeriodicEval()
         ckpt = self._open_run_dir(resume, overwrite)
+        self.data, self.condition = self_labelled(self.data, cfg.condition, self.out, cfg.seed, self.device, self.progress)
         self.space.prepare(self.data.images, cfg.hflip, cfg.latent_cache, self.progress)    # the latent cache
+        if self.image_condition is not None:
+            self.image_condition.prepare(self.data.images, cfg.hflip, self.progress)
         if ckpt is None:
             self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
         if cfg.fsdp and self.world.size == 1:
@@ -180,7 +187,8 @@ class Trainer:
 
     def warmup_batch(self, k: int) -> Batch:
         """The ``k``-th batch of a plug-in's warm-up: the global batch, on the device, with its own draws."""
-        batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM, self.space)
+        batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM, self.space,
+                           self.image_condition)
         return slice_batch(batch, slice(None), self.device)
 
     def _load(self, ckpt) -> None:
@@ -214,13 +222,16 @@ class Trainer:
         start = f"resuming at step {self.step}" if self.step else "a new run"
         latents = "×".join(map(str, self.x0_shape))
         space = "" if self.cfg.space == "pixels" else f" as {latents} latents of {self.cfg.space}"
+        space += f", refining reconstructions by {self.cfg.diffusevae} (DiffuseVAE)" if self.cfg.diffusevae else ""
         return (f"train: {self.cfg.model} ({params:.2f}M parameters), {self.cfg.process}, {self.cfg.data} "
                 f"({len(self.data):,} images{space}) → {self.out}: {start}, to step {self.cfg.steps}")
 
     def model_info(self) -> dict:
         """What ``model.json`` holds (a copy goes into each checkpoint's manifest): the images' and ``x0``'s shapes, the
-        space, classes, model, process."""
+        space, a DiffuseVAE run's conditioning, classes, model, process."""
+        condition = None if self.image_condition is None else self.image_condition.describe()
         return {"image_shape": list(self.data.shape), "x0_shape": list(self.x0_shape), "space": self.space.describe(),
+                "image_condition": condition, "condition": self.condition,
                 "num_classes": self.num_classes, "model": self.cfg.model, "process": self.process.describe()}
 
     @torch.no_grad()
@@ -243,7 +254,8 @@ class Trainer:
         only after the last micro-batch), so the update is the full batch's mean gradient.
         """
         cfg = self.cfg
-        batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step, space=self.space)
+        batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step, space=self.space,
+                           condition=self.image_condition)
         for g in self.optimizer.param_groups:
             g["lr"] = lr_at(cfg, step)
         denoiser = self.process.denoiser(self.forward_net, self.autocast)
@@ -314,20 +326,16 @@ class Trainer:
             return self.step
         writer = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1) if self.world.is_main else None
         bad_step = torch.full((), NO_BAD_STEP, dtype=torch.long, device=self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        parts_sum: dict[str, torch.Tensor] = {}
+        window = LossWindow(self.device, self.step)
         last_good = self.step
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not self.progress, dynamic_ncols=True)
-        t0, n0 = time.perf_counter(), self.step
         self.net.train()
         with StopRequest() as stop:
             try:
                 while self.step < cfg.steps:
                     loss = self.train_step(self.step)
                     bad_step = torch.where(torch.isfinite(loss), bad_step, bad_step.clamp_max(self.step + 1))
-                    loss_sum += loss
-                    for k, v in self.parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0) + v
+                    window.add(loss, self.parts)
                     self.step += 1
                     bar.update(1)
                     boundary = [self.step % e == 0 if e else False
@@ -335,18 +343,10 @@ class Trainer:
                     if any(boundary) or self.step == cfg.steps:
                         self._check_finite(bad_step, last_good)
                     if boundary[0] or self.step == cfg.steps:
-                        dt = time.perf_counter() - t0
-                        n = self.step - n0
-                        means = {k: float(distributed.mean_over_ranks(v)) / n
-                                 for k, v in {"loss": loss_sum, **dict(sorted(parts_sum.items()))}.items()}
-                        record = {"step": self.step, **means, "lr": lr_at(cfg, self.step - 1),
-                                  "img_per_s": n * cfg.batch_size / dt}
+                        record = window.record(self.step, lr_at(cfg, self.step - 1), cfg.batch_size)
                         if self.world.is_main:
                             log_record(self.out, record, writer)
                         bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['img_per_s']:.0f}")
-                        loss_sum.zero_()
-                        parts_sum.clear()
-                        t0, n0 = time.perf_counter(), self.step
                     if boundary[1] or self.step == cfg.steps:
                         self.save()
                         last_good = self.step
