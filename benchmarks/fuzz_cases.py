@@ -222,6 +222,12 @@ CASES: dict[str, Case] = {
         "sampler": ("rk45",), "labels": ("11", "cat"), "cfg-interval": ("nan,0.5", "0.9,0.1"),
         "weights": ("best",), "batch-size": ("0",), "precision": ("int8",)}.items() for value in values},
     "sample --cfg 1e9": sample("--cfg", "1e9", expect="warn", says="cfg"),
+    **{f"sample --guidance {spec}": sample("--guidance", spec) for spec in (
+        "nosuch:1", "cfg:scale=nan", "auto:ckpt=1", "auto:w=2", "classifier:path=missing.safetensors",
+        "elucd:scale=2")},
+    **{f"train --{flag} {value}": train(f"--{flag}", value) for flag, value in (
+        ("condition", "clusters:k=1"), ("condition", "kmeans"), ("diffusevae", "nowhere"))},
+    "train --condition clusters:k=3 --unconditional": train("--condition", "clusters:k=3", "--unconditional"),
     "sample from a folder that is no run": Case("data", lambda ws: ["sample", ws.mine, "--out", ws.new(".npz")]),
     "sample from a missing run": Case("data", lambda ws: ["sample", ws.root / "nope", "--out", ws.new(".npz")]),
     **{f"restore --{flag} {value}": restore(f"--{flag}", value, *rest) for flag, value, *rest in (

@@ -3,6 +3,7 @@ classifier guidance by a noise-aware classifier trained for the run, EluCD by a 
 earlier checkpoint.
 
     python benchmarks/guidance.py                     # → results/guidance.json, guidance.png
+    python benchmarks/guidance.py --ppap              # → results/guidance-ppap.json: two experts (after a full call)
 
 The run is the README's quickstart recipe (UNet-S, flow matching, 800 steps, class-conditional mnist5k) trained with
 ``--keep-last 0`` so that its early checkpoints stay for autoguidance; the classifiers are those of
@@ -40,8 +41,21 @@ def rows_wanted(a) -> list[tuple[str, dict]]:
     rows = [("none", {}), ("cfg 1.5", {"cfg": 1.5}), ("cfg 1.5, interval", {"cfg": 1.5, "cfg_interval": a.interval})]
     rows += [(f"classifier s={s:g}", {"guidance": [f"classifier:path={CLASSIFIER},scale={s}"]}) for s in a.scales]
     rows += [(f"elucd β={b:g} s={s:g}", {"guidance": [f"elucd:path={CLEAN},scale={s},beta={b}"]})
-             for b in a.betas for s in a.scales]
+             for b in a.betas for s in (a.scales if b == a.betas[0] else [a.scales[len(a.scales) // 2]])]
     rows += [(f"auto ckpt={c} w={w:g}", {"guidance": [f"auto:ckpt={c},w={w}"]}) for c in a.auto_ckpt for w in a.auto_w]
+    return rows
+
+
+def ppap_rows(a) -> list[tuple[str, dict]]:
+    """PPAP: one noise-aware classifier per half of the time range, each guiding its own half (compare with the full
+    call's single classifier, trained on every t for as many steps, at the same scales and seed)."""
+    rows, experts = {(0.0, 0.5): RUN / "expert-0-0.5.safetensors", (0.5, 1.0): RUN / "expert-0.5-1.safetensors"}
+    for (lo, hi), path in experts.items():
+        if not path.exists():
+            train_classifier(RUN, path, steps=a.classifier_steps, t_range=(lo, hi), progress=False)
+    for s in a.scales:
+        specs = [f"classifier:path={path},scale={s},lo={lo},hi={hi}" for (lo, hi), path in experts.items()]
+        rows.append((f"PPAP 2 experts s={s:g}", {"guidance": specs}))
     return rows
 
 
@@ -66,11 +80,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=800, help="training steps of the run")
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 4.0])
-    p.add_argument("--betas", type=float, nargs="*", default=[3.0, 5.0], help="EluCD's Softplus β")
+    p.add_argument("--betas", type=float, nargs="*", default=[3.0, 5.0],
+                   help="EluCD's Softplus β (the first at every --scales, the others at the middle scale)")
     p.add_argument("--auto-ckpt", type=int, nargs="*", default=[250])
     p.add_argument("--auto-w", type=float, nargs="+", default=[1.5, 2.0, 2.5])
     p.add_argument("--interval", type=float, nargs=2, default=(0.3, 1.0), help="CFG's interval in t (flow: 1 = noise)")
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--ppap", action="store_true", help="only the PPAP rows (after a full call) → guidance-ppap.json")
     a = p.parse_args()
     cfg = make_config(preset("quickstart"), {"steps": a.steps, "keep_last": 0, "grid_every": 0})
     Trainer(cfg, RUN, resume="auto", progress=False).run()
@@ -82,7 +98,7 @@ def main() -> None:
     test = load_builtin("mnist5k", "test")
     reference, _ = encode(load_reference("mnist5k"), test.images[balanced_subset(test.labels, a.n)])
     rows = []
-    for name, kw in rows_wanted(a):
+    for name, kw in (ppap_rows(a) if a.ppap else rows_wanted(a)):
         npz = RUN / "bench_guidance.npz"
         start = time.perf_counter()
         sample_run(RUN, npz, n=a.n, steps=50, progress=False, compile_net=False, **kw)
@@ -95,6 +111,9 @@ def main() -> None:
     payload = {"rows": rows, "classifiers": cards, "run": str(RUN), "recipe": "quickstart, --keep-last 0",
                "n_samples": a.n, "sampler": "euler:50",
                "command": "python benchmarks/guidance.py " + " ".join(sys.argv[1:])}
+    if a.ppap:
+        print(f"→ {write_result('guidance-ppap', payload)}")
+        return
     with figure(Path(__file__).parent / "results" / "guidance.png") as ax:
         for r in rows:
             ax.scatter(r["recall"], r["fd_ref"], label=r["guidance"])

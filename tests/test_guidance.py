@@ -75,6 +75,10 @@ def test_classifier_guidance_shifts_by_the_scaled_gradient_of_log_p(process, mon
                                atol=1e-5)
     torch.testing.assert_close(guided.eps[:2], plain.eps[:2] - scale * s[:2] * grad[:2], rtol=1e-4, atol=1e-5)
     assert torch.equal(guided.x0[2], plain.x0[2]), "the null label is not pulled"
+    expert = ClassifierGuidance(base, NoisyClassifier(1, 2), scale, interval=(0.0, 0.1 * p.t_max))
+    assert torch.equal(expert(x, t, cond).x0, plain.x0), "outside its noise range an expert does not pull"
+    torch.testing.assert_close(ClassifierGuidance(base, NoisyClassifier(1, 2), scale, interval=(0.0, p.t_max))(
+        x, t, cond).x0, guided.x0)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +107,17 @@ def test_guided_sampling_from_the_command_line(run, tmp_path, cli):
     assert np.array_equal(guided, again) and not np.array_equal(guided, plain) and not np.array_equal(auto, plain)
     both = samples(cli, run, tmp_path / "b.npz", "--cfg", "2", "--guidance", "auto:ckpt=10,w=2")
     assert not np.array_equal(both, auto)
+    experts = []
+    for lo, hi in ((0, 0.5), (0.5, 1)):
+        experts.append(tmp_path / f"expert{lo}.safetensors")
+        code, out, err = cli("train-classifier", run, "--steps", 10, "--batch-size", 16, "--t-range", f"{lo},{hi}",
+                             "--out", experts[-1], "--no-progress")
+        assert code == 0, err
+    ppap = samples(cli, run, tmp_path / "x.npz", "--guidance", f"classifier:path={experts[0]},scale=4,hi=0.5",
+                   "--guidance", f"classifier:path={experts[1]},scale=4,lo=0.5")
+    assert not np.array_equal(ppap, plain)
+    code, _, err = cli("train-classifier", run, "--t-range", "0.5,2", "--out", tmp_path / "bad.safetensors")
+    assert code == 2 and "0 ≤ lo < hi ≤ 1" in err
     code, _, err = cli("train-classifier", run, "--steps", 2, "--out", clf)
     assert code == 2 and "--overwrite" in err
 

@@ -63,23 +63,25 @@ def register(sub) -> None:
     c.add_argument("--steps", type=positive_int, default=1500, help="optimiser steps (default 1500)")
     c.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     c.add_argument("--channels", type=positive_int, help="base width (default 32; 24 with --clean)")
+    c.add_argument("--t-range", help="lo,hi: train at t in this range only, an expert for one noise range (PPAP); "
+                   "guide with it by classifier:path=…,lo=LO,hi=HI")
     c.add_argument("--clean", action="store_true", help="a classifier of clean images (for --guidance elucd:) instead "
                    "of a noise-aware one")
     c.set_defaults(handler=cmd_train_classifier)
 
 
-def parse_interval(text: str | None) -> tuple[float, float] | None:
-    """``--cfg-interval lo,hi`` as a pair, or ``None``."""
+def parse_interval(text: str | None, flag: str = "--cfg-interval") -> tuple[float, float] | None:
+    """``--cfg-interval lo,hi`` (or ``flag``'s) as a pair, or ``None``."""
     if not text:
         return None
     try:
         lo, hi = (float(v) for v in text.split(","))
     except ValueError:
-        raise DiffrepError(f"--cfg-interval {text!r}: expected two numbers lo,hi such as 0.1,0.9") from None
+        raise DiffrepError(f"{flag} {text!r}: expected two numbers lo,hi such as 0.1,0.9") from None
     if math.isnan(lo) or math.isnan(hi):
-        raise DiffrepError(f"--cfg-interval {text!r}: expected two numbers lo,hi such as 0.1,0.9, not nan")
+        raise DiffrepError(f"{flag} {text!r}: expected two numbers lo,hi such as 0.1,0.9, not nan")
     if lo > hi:
-        raise DiffrepError(f"--cfg-interval {text!r}: lo must not exceed hi")
+        raise DiffrepError(f"{flag} {text!r}: lo must not exceed hi")
     return lo, hi
 
 
@@ -107,7 +109,8 @@ def cmd_train_classifier(a: argparse.Namespace) -> int:
 
     check_outputs(a, "out")
     card = train_classifier(a.run, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, channels=a.channels,
-                            seed=a.seed, clean=a.clean, device=a.device, progress=not a.no_progress)
+                            seed=a.seed, clean=a.clean, t_range=parse_interval(a.t_range, "--t-range"),
+                            device=a.device, progress=not a.no_progress)
     accuracy = ", ".join(f"{v:.1%} at t={t}" for t, v in card["test_accuracy"].items())
     print(f"classifier for {a.run} ({card['steps']} steps, {card['seconds']:.0f}s) → {a.out}; test accuracy {accuracy}")
     return 0

@@ -73,32 +73,53 @@ def classifier_logits(classifier: NoisyClassifier, process, x: torch.Tensor, t: 
     return classifier(x * scale, process.net_time(t).float())
 
 
+def per_sample_time(t, x: torch.Tensor) -> torch.Tensor:
+    """The sampler's ``t`` (a number or a tensor) as float32 times of shape ``B`` on ``x``'s device."""
+    tt = (t if isinstance(t, torch.Tensor) else torch.tensor(float(t))).to(x.device, torch.float32)
+    return tt.expand(x.shape[0]) if tt.ndim == 0 else tt
+
+
+def score_shift(process, pred: Prediction, t: torch.Tensor, g: torch.Tensor) -> Prediction:
+    """``pred`` with ``g`` added to the score ∇ log p(x_t): ``ε − σ·g`` and ``x0 + (σ²/α)·g``."""
+    shape = (-1, *([1] * (g.ndim - 1)))
+    alpha, sigma = process.alpha(t).reshape(shape), process.sigma(t).reshape(shape)
+    return Prediction(pred.x0 + sigma ** 2 / alpha * g, pred.eps - sigma * g, pred.hidden)
+
+
+def guided_rows(cond: torch.Tensor, t: torch.Tensor, interval: tuple[float, float] | None) -> torch.Tensor:
+    """1 where a row is pulled: its label is not the null label and its ``t`` lies in ``interval`` (if any)."""
+    keep = cond >= 0
+    if interval is not None:
+        keep = keep & (t >= interval[0]) & (t <= interval[1])
+    return keep.reshape(-1, 1, 1, 1).float()
+
+
 class ClassifierGuidance:
     """ADM classifier guidance at scale ``s`` towards the labels the sampler passes as ``cond`` (which the wrapped
-    denoiser also receives).  Needs gradients: :func:`diffrep.generate.generate` samples without inference mode when
-    it wraps the denoiser."""
+    denoiser also receives), for ``t`` in ``interval`` only when one is given: several classifiers, each guiding its
+    own noise range, are PPAP's experts ("Towards Practical Plug-and-Play Diffusion Models", CVPR 2023).  Needs
+    gradients: :func:`diffrep.generate.generate` samples without inference mode when it wraps the denoiser."""
 
     needs_grad = True
 
-    def __init__(self, denoiser, classifier: NoisyClassifier, scale: float):
-        self.denoiser, self.classifier, self.scale = denoiser, classifier, scale
+    def __init__(self, denoiser, classifier: NoisyClassifier, scale: float,
+                 interval: tuple[float, float] | None = None):
+        self.denoiser, self.classifier, self.scale, self.interval = denoiser, classifier, scale, interval
         self.process = denoiser.process
 
     def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()) -> Prediction:
         pred = self.denoiser(x, t, cond, taps)
         if cond is None or self.scale == 0:
             return pred
-        tt = (t if isinstance(t, torch.Tensor) else torch.tensor(float(t))).to(x.device, torch.float32)
-        tt = tt.expand(x.shape[0]) if tt.ndim == 0 else tt
+        tt = per_sample_time(t, x)
+        keep = guided_rows(cond, tt, self.interval)
+        if not keep.any():
+            return pred
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logp = F.log_softmax(classifier_logits(self.classifier, self.process, xg, tt).float(), dim=1)
             grad, = torch.autograd.grad(logp.gather(1, cond.clamp_min(0)[:, None]).sum(), xg)
-        known = (cond >= 0).reshape(-1, 1, 1, 1).to(grad.dtype)      # no pull for the null label
-        shape = (-1, *([1] * (x.ndim - 1)))
-        alpha, sigma = self.process.alpha(tt).reshape(shape), self.process.sigma(tt).reshape(shape)
-        g = self.scale * known * grad
-        return Prediction(pred.x0 + sigma ** 2 / alpha * g, pred.eps - sigma * g, pred.hidden)
+        return score_shift(self.process, pred, tt, self.scale * keep * grad)
 
 
 def save_classifier(classifier: nn.Module, card: dict, out: Path) -> None:

@@ -22,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from diffrep.guidance.classifier import guided_rows, per_sample_time, score_shift
 from diffrep.processes import Prediction
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
@@ -68,17 +69,13 @@ class EluCDGuidance:
         pred = self.denoiser(x, t, cond, taps)
         if cond is None or self.scale == 0:
             return pred
-        tt = (t if isinstance(t, torch.Tensor) else torch.tensor(float(t))).to(x.device, torch.float32)
-        tt = tt.expand(x.shape[0]) if tt.ndim == 0 else tt
+        tt = per_sample_time(t, x)
         with torch.enable_grad():
             x0 = pred.x0.detach().requires_grad_(True)
             objective = calibrated_objective(self.classifier(x0).float(), cond.clamp_min(0), self.tau_ratio)
             grad, = torch.autograd.grad(objective.sum(), x0)
-        shape = (-1, *([1] * (x.ndim - 1)))
-        known = (cond >= 0).reshape(shape).to(grad.dtype)
-        alpha, sigma = self.process.alpha(tt).reshape(shape), self.process.sigma(tt).reshape(shape)
-        g = self.scale * sine_bump(self.process, tt, self.gamma).reshape(shape) * known * grad
-        return Prediction(pred.x0 + sigma ** 2 / alpha * g, pred.eps - sigma * g, pred.hidden)
+        bump = sine_bump(self.process, tt, self.gamma).reshape(-1, 1, 1, 1)
+        return score_shift(self.process, pred, tt, self.scale * bump * guided_rows(cond, tt, None) * grad)
 
 
 def calibrated_objective(logits: torch.Tensor, labels: torch.Tensor, tau_ratio: float = 0.5) -> torch.Tensor:

@@ -4,7 +4,8 @@ wraps the run's denoiser, the next wraps that).
 - ``cfg:1.5`` or ``cfg:scale=1.5,lo=0.1,hi=0.9``: classifier-free guidance, with a guidance interval (``--cfg`` and
   ``--cfg-interval`` remain its short spelling);
 - ``auto:ckpt=400,w=2`` or ``auto:run=runs/small[@400],w=2``: autoguidance by a weaker model;
-- ``classifier:path=clf.safetensors,scale=2``: ADM classifier guidance by a ``diffrep train-classifier`` classifier;
+- ``classifier:path=clf.safetensors,scale=2[,lo=0,hi=0.5]``: ADM classifier guidance by a ``diffrep train-classifier``
+  classifier, within a t range if given (several, one per range: PPAP's experts);
 - ``elucd:path=clean.safetensors,scale=2[,beta=3,tau=0.5,gamma=0.3]``: EluCD by a clean classifier
   (``diffrep train-classifier --clean``).
 """
@@ -23,7 +24,7 @@ from diffrep.errors import DiffrepError
 OPTIONS: dict[str, dict[str, type]] = {
     "cfg": {"scale": float, "lo": float, "hi": float},
     "auto": {"w": float, "ckpt": int, "run": str},
-    "classifier": {"path": str, "scale": float},
+    "classifier": {"path": str, "scale": float, "lo": float, "hi": float},
     "elucd": {"path": str, "scale": float, "beta": float, "tau": float, "gamma": float},
 }
 """Each kind's options and their types."""
@@ -78,8 +79,8 @@ def build_guidance(specs: list[str], run: Path | str, info: dict, labels: torch.
         if kind in ("cfg", "classifier", "elucd") and labels is None:
             raise DiffrepError(f"--guidance {spec}: {kind} guidance steers towards class labels; this run is "
                                "unconditional or --labels none was given (autoguidance needs no labels)")
+        interval = (o.get("lo", 0.0), o.get("hi", math.inf)) if {"lo", "hi"} & set(o) else None
         if kind == "cfg":
-            interval = (o.get("lo", 0.0), o.get("hi", math.inf)) if {"lo", "hi"} & set(o) else None
             wrappers.append(partial(ClassifierFreeGuidance, scale=o.get("scale", 1.5), interval=interval))
         elif kind == "auto":
             weak = weak_model(run, info, o.get("ckpt"), o.get("run"), device)
@@ -91,7 +92,7 @@ def build_guidance(specs: list[str], run: Path | str, info: dict, labels: torch.
             classifier, _ = load_classifier(o["path"], info, "noisy" if kind == "classifier" else "clean")
             if kind == "classifier":
                 wrappers.append(partial(ClassifierGuidance, classifier=classifier.to(device),
-                                        scale=o.get("scale", 1.0)))
+                                        scale=o.get("scale", 1.0), interval=interval))
             else:
                 beta = o.get("beta", 5.0 if info["process"].startswith("edm") else 3.0)
                 wrappers.append(partial(EluCDGuidance, classifier=smoothed(classifier, beta).to(device),

@@ -19,17 +19,21 @@ from diffrep.rng import keyed_generator
 
 
 def train_classifier(run: Path | str, out: Path | str, *, steps: int = 1500, batch_size: int = 128, lr: float = 1e-3,
-                     channels: int | None = None, seed: int = 1, clean: bool = False, device: str = "auto",
-                     progress: bool = True) -> dict:
+                     channels: int | None = None, seed: int = 1, clean: bool = False,
+                     t_range: tuple[float, float] | None = None, device: str = "auto", progress: bool = True) -> dict:
     """Train and save a :class:`NoisyClassifier` (a :class:`CleanClassifier` with ``clean``) for ``run``; returns its
     card (also stored in the file): the run, process, shapes, options, seconds and the test split's accuracy at a few
-    noise levels (on clean images for a clean classifier)."""
+    noise levels (on clean images for a clean classifier).  ``t_range``: train at ``t`` uniform in that range of the
+    process's time (σ for EDM) only, an expert for one noise range (PPAP)."""
     from diffrep.runs import load_run
 
     loaded = load_run(run, device=device)
     info, process, space, cfg = loaded.info, loaded.process, loaded.space, loaded.config
     if not info["num_classes"]:
         raise DiffrepError(f"{run} is unconditional: classifier guidance needs a class-conditional run (its labels)")
+    if t_range is not None and not 0 <= t_range[0] < t_range[1] <= process.t_max:
+        raise DiffrepError(f"--t-range {t_range[0]:g},{t_range[1]:g}: give 0 ≤ lo < hi ≤ {process.t_max:g}, within the "
+                           f"{process.name} process's time")
     train, test = labelled_split(cfg.data, "train"), labelled_split(cfg.data, "test")
     dev = next(loaded.net.parameters()).device
     x0, labels = space.encode(train.images).to(dev), train.labels.to(dev)
@@ -41,12 +45,17 @@ def train_classifier(run: Path | str, out: Path | str, *, steps: int = 1500, bat
     for step in tqdm(range(steps), desc="train-classifier", disable=not progress):
         g = keyed_generator(seed, step)
         idx = torch.randint(len(x0), (batch_size,), generator=g).to(dev)
-        t = process.sample_time(batch_size, g).to(dev)
+        t = process.sample_time(batch_size, g) if t_range is None else \
+            t_range[0] + (t_range[1] - t_range[0]) * torch.rand(batch_size, generator=g)
+        t = t.to(dev)
         noise = torch.randn((batch_size, *x0.shape[1:]), generator=g).to(dev)
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 100)
-        logits = classifier(x0[idx]) if clean else classifier_logits(classifier, process,
-                                                                      process.corrupt(x0[idx], t, noise), t)
+        if clean:       # shifted by up to 2 positions (circularly): without noise to regularise it, it overfits
+            dy, dx = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+            logits = classifier(torch.roll(x0[idx], (dy, dx), dims=(2, 3)))
+        else:
+            logits = classifier_logits(classifier, process, process.corrupt(x0[idx], t, noise), t)
         loss = F.cross_entropy(logits, labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -55,7 +64,7 @@ def train_classifier(run: Path | str, out: Path | str, *, steps: int = 1500, bat
     classifier.eval()
     card = {"run": str(Path(run).resolve()), "checkpoint_step": info["step"], "process": info["process"],
             "x0_shape": list(x0.shape[1:]), "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "clean": clean, "seconds": round(time.perf_counter() - start, 1)}
+            "clean": clean, "t_range": t_range, "seconds": round(time.perf_counter() - start, 1)}
     x_test = space.encode(test.images).to(dev)
     with torch.no_grad():
         if clean:

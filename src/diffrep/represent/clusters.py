@@ -46,8 +46,10 @@ def parse_condition(spec: str) -> dict | None:
 
 
 def source_features(images: torch.Tensor, source: str, t: float, device: str | torch.device,
-                    progress: bool) -> torch.Tensor:
-    """Features of ``uint8`` images from an encoder name or ``run:PATH`` (the run's middle block at ``t``)."""
+                    progress: bool) -> torch.Tensor | None:
+    """Features of ``uint8`` images from an encoder name or ``run:PATH`` (the run's middle block at ``t``).  Under
+    torchrun every rank calls it (an encoder's extraction is sharded over the ranks) and rank 0 gets the features
+    (``None`` elsewhere)."""
     if source.startswith("run:"):
         from diffrep.represent.features import diffusion_features
         from diffrep.runs import load_run
@@ -63,7 +65,8 @@ def source_features(images: torch.Tensor, source: str, t: float, device: str | t
     from diffrep.evaluation.encoders import get_encoder
     from diffrep.evaluation.features import extract_features
 
-    return extract_features(get_encoder(source), images, device=device, progress=progress).features
+    encoded = extract_features(get_encoder(source), images, device=device, progress=progress)
+    return None if encoded is None else encoded.features
 
 
 def cluster(features: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -87,8 +90,8 @@ def agreement(clusters: torch.Tensor, labels: torch.Tensor | None) -> dict:
 def self_labelled(data: ImageSet, spec: str, out: Path, seed: int, device: str | torch.device,
                   progress: bool = True) -> tuple[ImageSet, dict | None]:
     """``data`` with cluster ids for labels and the record ``model.json`` keeps (``None`` for ``--condition labels``).
-    The ids come from ``out/self_labels.json`` when a resumed run has it; else rank 0 computes and writes them and every
-    rank receives them."""
+    The ids come from ``out/self_labels.json`` when a resumed run has it; else every rank extracts the features with
+    the others, rank 0 clusters them and writes the ids, and every rank receives them."""
     options = parse_condition(spec)
     if options is None:
         return data, None
@@ -100,10 +103,8 @@ def self_labelled(data: ImageSet, spec: str, out: Path, seed: int, device: str |
             raise DiffrepError(f"{saved} holds {len(ids)} labels for {len(data)} images: the data changed since the "
                                "run started; start a new run")
     else:
-        ids = torch.zeros(len(data), dtype=torch.long)
-        if distributed.current().is_main:
-            ids = cluster(source_features(data.images, options["source"], options.get("t", 0.3), device, progress),
-                          options["k"], seed)
+        features = source_features(data.images, options["source"], options.get("t", 0.3), device, progress)
+        ids = cluster(features, options["k"], seed) if distributed.current().is_main else None
         ids = distributed.broadcast_from_main(ids)
     record = {"name": "clusters", **options, **agreement(ids, data.labels)}
     if not saved.is_file() and distributed.current().is_main:
