@@ -75,6 +75,8 @@ def test_classifier_guidance_shifts_by_the_scaled_gradient_of_log_p(process, mon
                                atol=1e-5)
     torch.testing.assert_close(guided.eps[:2], plain.eps[:2] - scale * s[:2] * grad[:2], rtol=1e-4, atol=1e-5)
     assert torch.equal(guided.x0[2], plain.x0[2]), "the null label is not pulled"
+    at_noise = ClassifierGuidance(base, NoisyClassifier(1, 2), scale)(x, p.t_max, cond)
+    assert torch.isfinite(at_noise.x0).all() and torch.isfinite(at_noise.eps).all(), "finite at pure noise"
     expert = ClassifierGuidance(base, NoisyClassifier(1, 2), scale, interval=(0.0, 0.1 * p.t_max))
     assert torch.equal(expert(x, t, cond).x0, plain.x0), "outside its noise range an expert does not pull"
     torch.testing.assert_close(ClassifierGuidance(base, NoisyClassifier(1, 2), scale, interval=(0.0, p.t_max))(
@@ -105,6 +107,7 @@ def test_guided_sampling_from_the_command_line(run, tmp_path, cli):
     again = samples(cli, run, tmp_path / "c2.npz", "--guidance", f"classifier:path={clf},scale=4")
     auto = samples(cli, run, tmp_path / "a.npz", "--guidance", "auto:ckpt=10,w=2")
     assert np.array_equal(guided, again) and not np.array_equal(guided, plain) and not np.array_equal(auto, plain)
+    assert guided.std() > 0.5 * plain.std(), "guided samples are images, not a constant (NaN) field"
     both = samples(cli, run, tmp_path / "b.npz", "--cfg", "2", "--guidance", "auto:ckpt=10,w=2")
     assert not np.array_equal(both, auto)
     experts = []

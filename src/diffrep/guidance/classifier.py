@@ -79,10 +79,16 @@ def per_sample_time(t, x: torch.Tensor) -> torch.Tensor:
     return tt.expand(x.shape[0]) if tt.ndim == 0 else tt
 
 
+ALPHA_FLOOR = 0.05
+"""The smallest α the x0 shift ``(σ²/α)·g`` divides by: at pure noise (α = 0 at flow matching's t = 1) the shift
+diverges, and a classifier there knows nothing; the floor caps it at 20·σ²·g."""
+
+
 def score_shift(process, pred: Prediction, t: torch.Tensor, g: torch.Tensor) -> Prediction:
-    """``pred`` with ``g`` added to the score ∇ log p(x_t): ``ε − σ·g`` and ``x0 + (σ²/α)·g``."""
+    """``pred`` with ``g`` added to the score ∇ log p(x_t): ``ε − σ·g`` and ``x0 + (σ²/α)·g`` (α at least
+    :data:`ALPHA_FLOOR`)."""
     shape = (-1, *([1] * (g.ndim - 1)))
-    alpha, sigma = process.alpha(t).reshape(shape), process.sigma(t).reshape(shape)
+    alpha, sigma = process.alpha(t).clamp_min(ALPHA_FLOOR).reshape(shape), process.sigma(t).reshape(shape)
     return Prediction(pred.x0 + sigma ** 2 / alpha * g, pred.eps - sigma * g, pred.hidden)
 
 
