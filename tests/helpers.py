@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +50,14 @@ def write_images(folder: Path, n: int, size: tuple[int, int] = (8, 8), mode: str
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+@contextlib.contextmanager
+def moved_away(path):
+    """``path`` moved aside for the block (a VAE a run needs, gone), put back after."""
+    aside = path.with_name(path.name + "-moved")
+    shutil.move(path, aside)
+    try:
+        yield
+    finally:
+        shutil.move(aside, path)

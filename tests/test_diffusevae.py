@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import weights
+from helpers import moved_away, weights
 
 pytest.importorskip("diffusers")
 
@@ -139,10 +138,6 @@ def test_bad_diffusevae_input_is_one_line(trained, vae_dir, tmp_path, cli):
     assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir()), "refused before writing"
     code, _, err = cli(*run_args(tmp_path, "--out", tmp_path / "c"))
     assert code == 2 and "AutoencoderKL" in err
-    moved = vae_dir.with_name("moved")
-    shutil.move(vae_dir, moved)
-    try:
+    with moved_away(vae_dir):
         code, _, err = cli("sample", trained, "--n", 4, "--out", tmp_path / "s.npz")
-        assert code == 2 and "DiffuseVAE" in err and "put the VAE back" in err
-    finally:
-        shutil.move(moved, vae_dir)
+    assert code == 2 and "DiffuseVAE" in err and "put the VAE back" in err

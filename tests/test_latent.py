@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 import pytest
 import torch
 
-from helpers import weights
+from helpers import moved_away, weights
 
 pytest.importorskip("diffusers")
 
@@ -194,13 +193,9 @@ def test_a_latent_run_trains_samples_reads_and_refuses_what_it_cannot(vae_dir, t
     assert code == 0 and "accuracy" in out, err
     code, _, err = cli("restore", run, "--task", "denoise", "--solver", "dps", "--n", 2)
     assert code == 2 and "latent space" in err and "pixel-space run" in err
-    moved = vae_dir.with_name("moved")
-    shutil.move(vae_dir, moved)
-    try:
+    with moved_away(vae_dir):
         code, _, err = cli("sample", run, "--n", 4, "--out", tmp_path / "t.npz")
-        assert code == 2 and "cannot be loaded now" in err and "put the VAE back" in err
-    finally:
-        shutil.move(moved, vae_dir)
+    assert code == 2 and "cannot be loaded now" in err and "put the VAE back" in err
 
 
 def test_a_latent_run_resumes_bit_for_bit(vae_dir, tmp_path, cli):

@@ -100,32 +100,49 @@ def guided_rows(cond: torch.Tensor, t: torch.Tensor, interval: tuple[float, floa
     return keep.reshape(-1, 1, 1, 1).float()
 
 
-class ClassifierGuidance:
-    """ADM classifier guidance at scale ``s`` towards the labels the sampler passes as ``cond`` (which the wrapped
-    denoiser also receives), for ``t`` in ``interval`` only when one is given: several classifiers, each guiding its
-    own noise range, are PPAP's experts ("Towards Practical Plug-and-Play Diffusion Models", CVPR 2023).  Needs
-    gradients: :func:`diffrep.generate.generate` samples without inference mode when it wraps the denoiser."""
+class GradientGuidance:
+    """What classifier guidance and EluCD share: the wrapped denoiser's prediction, shifted along ``self.score(...)``
+    (a per-row gradient, already scaled) where the sampler passes labels ``cond``.  Needs gradients:
+    :func:`diffrep.generate.generate` samples without inference mode when it wraps the denoiser."""
 
     needs_grad = True
 
-    def __init__(self, denoiser, classifier: NoisyClassifier, scale: float,
-                 interval: tuple[float, float] | None = None):
-        self.denoiser, self.classifier, self.scale, self.interval = denoiser, classifier, scale, interval
+    def __init__(self, denoiser, classifier: nn.Module, scale: float):
+        self.denoiser, self.classifier, self.scale = denoiser, classifier, scale
         self.process = denoiser.process
+
+    def score(self, x: torch.Tensor, pred: Prediction, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor | None:
+        """The score's shift at ``(x_t, t)``; ``None`` where nothing is pulled."""
+        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()) -> Prediction:
         pred = self.denoiser(x, t, cond, taps)
         if cond is None or self.scale == 0:
             return pred
         tt = per_sample_time(t, x)
-        keep = guided_rows(cond, tt, self.interval)
-        if not keep.any():
-            return pred
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            logp = F.log_softmax(classifier_logits(self.classifier, self.process, xg, tt).float(), dim=1)
-            grad, = torch.autograd.grad(logp.gather(1, cond.clamp_min(0)[:, None]).sum(), xg)
-        return score_shift(self.process, pred, tt, self.scale * keep * grad)
+            g = self.score(x, pred, tt, cond)
+        return pred if g is None else score_shift(self.process, pred, tt, g)
+
+
+class ClassifierGuidance(GradientGuidance):
+    """ADM classifier guidance at scale ``s`` towards the labels the sampler passes as ``cond`` (which the wrapped
+    denoiser also receives), for ``t`` in ``interval`` only when one is given: several classifiers, each guiding its
+    own noise range, are PPAP's experts ("Towards Practical Plug-and-Play Diffusion Models", CVPR 2023)."""
+
+    def __init__(self, denoiser, classifier: NoisyClassifier, scale: float,
+                 interval: tuple[float, float] | None = None):
+        super().__init__(denoiser, classifier, scale)
+        self.interval = interval
+
+    def score(self, x: torch.Tensor, pred: Prediction, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor | None:
+        keep = guided_rows(cond, t, self.interval)
+        if not keep.any():
+            return None
+        xg = x.detach().requires_grad_(True)
+        logp = F.log_softmax(classifier_logits(self.classifier, self.process, xg, t).float(), dim=1)
+        grad, = torch.autograd.grad(logp.gather(1, cond.clamp_min(0)[:, None]).sum(), xg)
+        return self.scale * keep * grad
 
 
 def save_classifier(classifier: nn.Module, card: dict, out: Path) -> None:

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from diffrep.guidance.classifier import guided_rows, per_sample_time, score_shift
+from diffrep.guidance.classifier import GradientGuidance, guided_rows
 from diffrep.processes import Prediction
 
 BETA_MIN, BETA_MAX = 0.1, 20.0
@@ -53,29 +53,21 @@ def sine_bump(process, t: torch.Tensor, gamma: float) -> torch.Tensor:
     return 1 + (gamma * torch.sin(math.pi * u) * BETA_MAX / (BETA_MIN + (BETA_MAX - BETA_MIN) * u)).clamp_min(0)
 
 
-class EluCDGuidance:
+class EluCDGuidance(GradientGuidance):
     """EluCD at scale ``s`` towards the sampler's labels ``cond``; ``classifier(x0) -> logits`` reads images in the
     run's ``x0`` range ([-1, 1] pixels) and is used as given (smooth it with :func:`smoothed` first)."""
 
-    needs_grad = True
-
     def __init__(self, denoiser, classifier: nn.Module, scale: float = 1.0, tau_ratio: float = 0.5,
                  gamma: float = 0.3):
-        self.denoiser, self.classifier, self.scale = denoiser, classifier, scale
+        super().__init__(denoiser, classifier, scale)
         self.tau_ratio, self.gamma = tau_ratio, gamma
-        self.process = denoiser.process
 
-    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()) -> Prediction:
-        pred = self.denoiser(x, t, cond, taps)
-        if cond is None or self.scale == 0:
-            return pred
-        tt = per_sample_time(t, x)
-        with torch.enable_grad():
-            x0 = pred.x0.detach().requires_grad_(True)
-            objective = calibrated_objective(self.classifier(x0).float(), cond.clamp_min(0), self.tau_ratio)
-            grad, = torch.autograd.grad(objective.sum(), x0)
-        bump = sine_bump(self.process, tt, self.gamma).reshape(-1, 1, 1, 1)
-        return score_shift(self.process, pred, tt, self.scale * bump * guided_rows(cond, tt, None) * grad)
+    def score(self, x: torch.Tensor, pred: Prediction, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x0 = pred.x0.detach().requires_grad_(True)
+        objective = calibrated_objective(self.classifier(x0).float(), cond.clamp_min(0), self.tau_ratio)
+        grad, = torch.autograd.grad(objective.sum(), x0)
+        bump = sine_bump(self.process, t, self.gamma).reshape(-1, 1, 1, 1)
+        return self.scale * bump * guided_rows(cond, t, None) * grad
 
 
 def calibrated_objective(logits: torch.Tensor, labels: torch.Tensor, tau_ratio: float = 0.5) -> torch.Tensor:
