@@ -111,3 +111,21 @@ def figure(png: Path, size: tuple[float, float] = (5.5, 3.6)) -> Iterator:
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def judged(npz: Path, reference: torch.Tensor) -> dict:
+    """The guidance benchmarks' columns for the samples in ``npz``: the reference CNN's accuracy (``None`` for samples
+    without labels) and FD_ref, and in its features precision/recall (k = 5) against ``reference`` (features of test
+    images) and the Vendi score."""
+    from diffrep.data import load_npz
+    from diffrep.evaluation import metrics
+    from diffrep.reference import encode, judge, load_reference
+
+    samples = load_npz(npz)
+    verdict = judge(samples).as_dict()
+    features, _ = encode(load_reference("mnist5k"), samples.images)
+    pr = metrics.prdc(features, reference, k_pr=5, k_dc=5).values
+    accuracy = verdict.get("accuracy")
+    return {"accuracy": None if accuracy is None else round(accuracy, 4), "fd_ref": round(verdict["fd_ref"], 4),
+            "precision": round(pr["precision"], 4), "recall": round(pr["recall"], 4),
+            "vendi": round(metrics.vendi(features).values["vendi"], 3)}

@@ -83,6 +83,10 @@ def sample(*flags: str, expect: str = "error", says: str = "") -> Case:
                                        "--out", ws.new(".npz")], expect, says)
 
 
+def distill(*flags: str) -> Case:
+    return Case("options", lambda ws: ["distill", ws.run, "--steps", "2", "--no-progress", *flags, "--out", ws.new()])
+
+
 def restore(*flags: str, says: str = "") -> Case:
     return Case("options", lambda ws: ["restore", ws.run, "--data", "digits:test", "--n", "4", "--no-progress",
                                        *flags, "--out", ws.new(".npz")], "error", says)
@@ -228,6 +232,17 @@ CASES: dict[str, Case] = {
     **{f"train --{flag} {value}": train(f"--{flag}", value) for flag, value in (
         ("condition", "clusters:k=1"), ("condition", "kmeans"), ("diffusevae", "nowhere"))},
     "train --condition clusters:k=3 --unconditional": train("--condition", "clusters:k=3", "--unconditional"),
+    **{f"train --{flag} {value}": train(f"--{flag}", value) for flag, value in (
+        ("condition", "embedding:k=3"), ("distill", "guidance:teacher=x"), ("distill", "sharpen:teacher=x,step=1"))},
+    "sample --like on a labelled run": Case("options", lambda ws: ["sample", ws.run, "--like", ws.samples, "--n", "8",
+                                                                   "--no-progress", "--out", ws.new(".npz")]),
+    **{f"distill {' '.join(flags)}": distill(*flags) for flags in (
+        ("--kind", "nosuch"), ("--kind", "guidance", "--max-scale", "0.5"), ("--kind", "progressive",
+                                                                              "--sampling-steps", "0"))},
+    "distill from a folder that is no run": Case("data", lambda ws: ["distill", ws.mine, "--kind", "guidance",
+                                                                     "--out", ws.new()]),
+    "distill into a user's folder": Case("data", lambda ws: ["distill", ws.run, "--kind", "guidance", "--steps", "2",
+                                                             "--no-progress", "--out", ws.mine]),
     "sample from a folder that is no run": Case("data", lambda ws: ["sample", ws.mine, "--out", ws.new(".npz")]),
     "sample from a missing run": Case("data", lambda ws: ["sample", ws.root / "nope", "--out", ws.new(".npz")]),
     **{f"restore --{flag} {value}": restore(f"--{flag}", value, *rest) for flag, value, *rest in (

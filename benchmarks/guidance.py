@@ -3,7 +3,7 @@ classifier guidance by a noise-aware classifier trained for the run, EluCD by a 
 earlier checkpoint.
 
     python benchmarks/guidance.py                     # → results/guidance.json, guidance.png
-    python benchmarks/guidance.py --ppap              # → results/guidance-ppap.json: two experts (after a full call)
+    python benchmarks/guidance.py --ppap --ablation --merge   # + PPAP experts and EluCD's ablation, keeping done rows
 
 The run is the README's quickstart recipe (UNet-S, flow matching, 800 steps, class-conditional mnist5k) trained with
 ``--keep-last 0`` so that its early checkpoints stay for autoguidance; the classifiers are those of
@@ -16,43 +16,59 @@ precision/recall (k = 5) and the Vendi score; ``net calls`` counts forwards of a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import figure, table, write_result
+from _common import figure, judged, table, write_result
 
 from diffrep.config import make_config, preset
-from diffrep.data import balanced_subset, load_builtin, load_npz
-from diffrep.evaluation import metrics
+from diffrep.data import balanced_subset, load_builtin
 from diffrep.generate import sample_run
 from diffrep.guidance.train_classifier import train_classifier
-from diffrep.reference import encode, judge, load_reference
+from diffrep.reference import encode, load_reference
 from diffrep.train import Trainer
 
 RUN = Path("runs/bench/guidance-qs")
 CLASSIFIER = RUN / "classifier.safetensors"
 CLEAN = RUN / "clean-classifier.safetensors"
+WIDE = RUN / "clean-classifier-wide.safetensors"
 
 
-def rows_wanted(a) -> list[tuple[str, dict]]:
+def rows_wanted(a, cards: dict) -> list[tuple[str, dict]]:
     """(name, sample_run keyword arguments) per row."""
     rows = [("none", {}), ("cfg 1.5", {"cfg": 1.5}), ("cfg 1.5, interval", {"cfg": 1.5, "cfg_interval": a.interval})]
     rows += [(f"classifier s={s:g}", {"guidance": [f"classifier:path={CLASSIFIER},scale={s}"]}) for s in a.scales]
     rows += [(f"elucd β={b:g} s={s:g}", {"guidance": [f"elucd:path={CLEAN},scale={s},beta={b}"]})
-             for b in a.betas for s in (a.scales if b == a.betas[0] else [a.scales[len(a.scales) // 2]])]
+             for b in a.betas for s in a.scales]
     rows += [(f"auto ckpt={c} w={w:g}", {"guidance": [f"auto:ckpt={c},w={w}"]}) for c in a.auto_ckpt for w in a.auto_w]
+    if a.ppap:
+        rows += ppap_rows(a, cards)
+    if a.ablation:
+        rows += ablation_rows(a, cards)
     return rows
 
 
-def ppap_rows(a) -> list[tuple[str, dict]]:
+def ablation_rows(a, cards: dict) -> list[tuple[str, dict]]:
+    """EluCD's ablation: without the sine-bump schedule (γ = 0); with ``--wide``, also a wider clean classifier (32
+    channels against 24, 1.8× the compute; is the classifier the limit?)."""
+    rows = [("elucd β=3 s=1 γ=0", {"guidance": [f"elucd:path={CLEAN},scale=1,beta=3,gamma=0"]})]
+    if a.wide:
+        if not WIDE.exists():
+            cards[WIDE.stem] = train_classifier(RUN, WIDE, steps=a.classifier_steps, clean=True, channels=32,
+                                                progress=False)
+        rows.append(("elucd wide β=3 s=1", {"guidance": [f"elucd:path={WIDE},scale=1,beta=3"]}))
+    return rows
+
+
+def ppap_rows(a, cards: dict) -> list[tuple[str, dict]]:
     """PPAP: one noise-aware classifier per half of the time range, each guiding its own half (compare with the full
     call's single classifier, trained on every t for as many steps, at the same scales and seed)."""
-    rows, experts = {(0.0, 0.5): RUN / "expert-0-0.5.safetensors", (0.5, 1.0): RUN / "expert-0.5-1.safetensors"}
+    rows, experts = [], {(0.0, 0.5): RUN / "expert-0-0.5.safetensors", (0.5, 1.0): RUN / "expert-0.5-1.safetensors"}
     for (lo, hi), path in experts.items():
         if not path.exists():
-            train_classifier(RUN, path, steps=a.classifier_steps, t_range=(lo, hi), progress=False)
+            cards[path.stem] = train_classifier(RUN, path, steps=a.classifier_steps, t_range=(lo, hi), progress=False)
     for s in a.scales:
         specs = [f"classifier:path={path},scale={s},lo={lo},hi={hi}" for (lo, hi), path in experts.items()]
         rows.append((f"PPAP 2 experts s={s:g}", {"guidance": specs}))
@@ -65,28 +81,21 @@ def net_calls(kw: dict, steps: int) -> int:
     return steps * (2 if doubled else 1)
 
 
-def scored(npz: Path, reference: torch.Tensor) -> dict:
-    samples = load_npz(npz)
-    verdict = judge(samples).as_dict()
-    features, _ = encode(load_reference("mnist5k"), samples.images)
-    pr = metrics.prdc(features, reference, k_pr=5, k_dc=5).values
-    return {"accuracy": round(verdict["accuracy"], 4), "fd_ref": round(verdict["fd_ref"], 4),
-            "precision": round(pr["precision"], 4), "recall": round(pr["recall"], 4),
-            "vendi": round(metrics.vendi(features).values["vendi"], 3)}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=800, help="training steps of the run")
     p.add_argument("--classifier-steps", type=int, default=1500)
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     p.add_argument("--betas", type=float, nargs="*", default=[3.0, 5.0],
-                   help="EluCD's Softplus β (the first at every --scales, the others at the middle scale)")
+                   help="EluCD's Softplus β (each at every --scales)")
     p.add_argument("--auto-ckpt", type=int, nargs="*", default=[250])
     p.add_argument("--auto-w", type=float, nargs="+", default=[1.5, 2.0, 2.5])
     p.add_argument("--interval", type=float, nargs=2, default=(0.3, 1.0), help="CFG's interval in t (flow: 1 = noise)")
     p.add_argument("--n", type=int, default=1000)
-    p.add_argument("--ppap", action="store_true", help="only the PPAP rows (after a full call) → guidance-ppap.json")
+    p.add_argument("--ppap", action="store_true", help="add PPAP's rows: two noise-range experts")
+    p.add_argument("--ablation", action="store_true", help="add EluCD's ablation row (γ = 0)")
+    p.add_argument("--wide", action="store_true", help="with --ablation: also a wider clean classifier's row")
+    p.add_argument("--merge", action="store_true", help="keep the rows of results/guidance.json and draw only new ones")
     a = p.parse_args()
     cfg = make_config(preset("quickstart"), {"steps": a.steps, "keep_last": 0, "grid_every": 0})
     Trainer(cfg, RUN, resume="auto", progress=False).run()
@@ -97,13 +106,20 @@ def main() -> None:
             print(f"{path.stem}: {cards[path.stem]['test_accuracy']}", file=sys.stderr)
     test = load_builtin("mnist5k", "test")
     reference, _ = encode(load_reference("mnist5k"), test.images[balanced_subset(test.labels, a.n)])
+    done = {}
+    if a.merge and (old := Path(__file__).parent / "results" / "guidance.json").exists():
+        previous = json.loads(old.read_text())
+        done, cards = {r["guidance"]: r for r in previous["rows"]}, previous["classifiers"] | cards
     rows = []
-    for name, kw in (ppap_rows(a) if a.ppap else rows_wanted(a)):
+    for name, kw in rows_wanted(a, cards):
+        if name in done:
+            rows.append(done[name])
+            continue
         npz = RUN / "bench_guidance.npz"
         start = time.perf_counter()
         sample_run(RUN, npz, n=a.n, steps=50, progress=False, compile_net=False, **kw)
         row = {"guidance": name, "net_calls": net_calls(kw, 50), "seconds": round(time.perf_counter() - start, 1),
-               **scored(npz, reference)}
+               **judged(npz, reference)}
         rows.append(row)
         print(row, file=sys.stderr)
     columns = ["guidance", "accuracy", "fd_ref", "precision", "recall", "vendi", "net_calls", "seconds"]
@@ -111,9 +127,6 @@ def main() -> None:
     payload = {"rows": rows, "classifiers": cards, "run": str(RUN), "recipe": "quickstart, --keep-last 0",
                "n_samples": a.n, "sampler": "euler:50",
                "command": "python benchmarks/guidance.py " + " ".join(sys.argv[1:])}
-    if a.ppap:
-        print(f"→ {write_result('guidance-ppap', payload)}")
-        return
     with figure(Path(__file__).parent / "results" / "guidance.png") as ax:
         for r in rows:
             ax.scatter(r["recall"], r["fd_ref"], label=r["guidance"])

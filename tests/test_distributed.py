@@ -187,13 +187,18 @@ def test_a_latent_cache_built_by_two_processes_equals_one_built_by_one(tmp_path,
         torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)
 
 
-def test_two_processes_share_rank_0s_self_labels(tmp_path):
-    """Rank 0 clusters, every rank trains on its ids: the same labels file and weights as one process."""
-    args = ["train", *SMOKE, "--steps", 4, "--ckpt-every", 4, "--precision", "fp32", "--condition", "clusters:k=4"]
+@pytest.mark.parametrize("condition", ["clusters:k=4", "embedding:source=pixels"])
+def test_two_processes_share_rank_0s_self_labels_and_embeddings(tmp_path, condition):
+    """Rank 0 clusters (or gathers the embeddings), every rank trains on them: the same file and weights as one
+    process."""
+    args = ["train", *SMOKE, "--steps", 4, "--ckpt-every", 4, "--precision", "fp32", "--condition", condition]
     for nproc in (1, 2):
         torchrun(nproc, *args, "--out", tmp_path / f"run{nproc}")
-    one, two = ((tmp_path / f"run{n}" / "self_labels.json").read_text() for n in (1, 2))
-    assert one == two and len(set(json.loads(one)["labels"])) == 4
+    name = "self_labels.json" if condition.startswith("clusters") else "embeddings.safetensors"
+    one, two = ((tmp_path / f"run{n}" / name).read_bytes() for n in (1, 2))
+    assert one == two
+    if condition.startswith("clusters"):
+        assert len(set(json.loads(one)["labels"])) == 4
     a, b = weights(tmp_path / "run1"), weights(tmp_path / "run2")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=3e-5, rtol=1e-4)

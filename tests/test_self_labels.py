@@ -17,9 +17,11 @@ ARGS = ["train", "--preset", "smoke", "--steps", 4, "--ckpt-every", 2, "--precis
 
 def test_the_condition_spelling():
     assert parse_condition("labels") is None
-    assert parse_condition("clusters:k=20") == {"k": 20, "source": "pixels"}
-    assert parse_condition("clusters:k=5,source=run:runs/u,t=0.2") == {"k": 5, "source": "run:runs/u", "t": 0.2}
-    for bad in ("clusters", "clusters:k=1", "clusters:k=x", "kmeans:k=3", "clusters:k=3,n=2"):
+    assert parse_condition("clusters:k=20") == {"kind": "clusters", "k": 20, "source": "pixels"}
+    assert parse_condition("clusters:k=5,source=run:runs/u,t=0.2") == {"kind": "clusters", "k": 5, "source": "run:runs/u",
+                                                                       "t": 0.2}
+    assert parse_condition("embedding:source=reference") == {"kind": "embedding", "source": "reference"}
+    for bad in ("clusters", "clusters:k=1", "clusters:k=x", "kmeans:k=3", "clusters:k=3,n=2", "embedding:k=3"):
         with pytest.raises(DiffrepError, match="--condition"):
             parse_condition(bad)
 

@@ -9,7 +9,7 @@ an ADM-layout ``.npz`` (what ``diffrep sample`` does).
 from __future__ import annotations
 
 import time
-from functools import partial
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -19,7 +19,9 @@ from tqdm import tqdm
 from diffrep import distributed
 from diffrep.data import PixelSpace, Space
 from diffrep.errors import DiffrepError
-from diffrep.guidance import ClassifierFreeGuidance, Guidance
+from diffrep.guidance import Guidance
+from diffrep.guidance.cfg import cfg_wrapper
+from diffrep.guidance.spec import scale_range
 from diffrep.precision import Precision, resolve_precision
 from diffrep.processes import ImageBound
 from diffrep.rng import keyed_generator
@@ -84,13 +86,29 @@ def generate(net: torch.nn.Module, process, shape: tuple[int, int, int], n: int,
 
 
 def cfg_guidance(scale: float, interval: tuple[float, float] | None = None,
-                 labels: torch.Tensor | None = None) -> Guidance | None:
-    """Classifier-free guidance at ``scale`` (``None`` at 1: off); it needs class labels to guide towards."""
+                 labels: torch.Tensor | None = None, info: dict | None = None) -> Guidance | None:
+    """Classifier-free guidance at ``scale`` (``None`` at 1: off); it needs class labels to guide towards.  ``info``:
+    the run's (:func:`~diffrep.runs.load_run`), whose guidance-distilled student guides in one forward."""
     if scale == 1.0:
         return None
     if labels is None:
         raise DiffrepError("--cfg needs a class-conditional model and --labels")
-    return partial(ClassifierFreeGuidance, scale=scale, interval=interval)
+    return cfg_wrapper(scale, interval, scale_range(info or {}))
+
+
+def default_sampling(info: dict, sampler: str | None, steps: int | None, grid_rho: float | None) -> tuple[str, int]:
+    """The sampler and steps to use: those asked, else a progressive student's own (DDIM at the steps it was
+    distilled for), else Euler at 50 steps; a warning where a progressive student is sampled otherwise."""
+    record = info.get("distill") or {}
+    if record.get("kind") != "progressive":
+        return sampler or "euler", steps or 50
+    own = (record["sampler"], record["steps"])
+    chosen = (sampler or own[0], steps or own[1])
+    if chosen != own or grid_rho is not None:
+        warnings.warn(f"this progressive student was distilled for {own[0]} at {own[1]} steps on its process's default "
+                      f"grid; {chosen[0]} at {chosen[1]} steps{' with --grid-rho' if grid_rho else ''} is not what it "
+                      "learned", stacklevel=3)
+    return chosen
 
 
 COMPILE_PAYS_FROM = 50_000
@@ -104,48 +122,61 @@ def compile_pays(images: int, nfe: int) -> bool:
     return images * nfe >= COMPILE_PAYS_FROM
 
 
-def sample_run(run: Path, out: Path, n: int = 1000, sampler: str = "euler", steps: int = 50,
+def sample_run(run: Path, out: Path, n: int = 1000, sampler: str | None = None, steps: int | None = None,
                grid_rho: float | None = None, seed: int = 0,
                cfg: float = 1.0, cfg_interval: tuple[float, float] | None = None, labels: str = "balanced",
                batch_size: int = 250, weights: str = "ema", precision: str = "auto", grid: Path | None = None,
                device: str = "auto", progress: bool = True, compile_net: bool | str = "auto",
-               on_start: Callable[[Precision], None] | None = None, guidance: list[str] | None = None) -> dict:
+               on_start: Callable[[Precision], None] | None = None, guidance: list[str] | None = None,
+               like: Path | str | None = None) -> dict:
     """Sample a run into an ADM-layout ``.npz``; returns what was done.
 
+    ``sampler``/``steps``: Euler, 50, unless the run is a progressive student (:func:`default_sampling`).
     ``compile_net``: ``True``/``"on"``, ``False``/``"off"``, or ``"auto"`` (:func:`compile_pays`).
     Under torchrun, rank ``r`` of ``W`` draws chunks ``j ≡ r (mod W)`` and rank 0 writes the
     file; chunk ``j`` is seeded by ``(seed, j)``, so image ``i`` is the same for any ``W``.
     ``on_start`` gets the precision once the run is loaded and the options checked.  ``guidance``: ``--guidance`` specs
-    (:mod:`diffrep.guidance.spec`), applied after ``cfg``.
+    (:mod:`diffrep.guidance.spec`), applied after ``cfg``.  An embedding-conditioned run samples from training
+    images' embeddings, or from those of the images ``like`` (variations; see
+    :func:`~diffrep.represent.embeddings.sampling_embeddings`).
     """
     from diffrep.data import save_grid
     from diffrep.guidance.spec import GuidanceChain, build_guidance
     from diffrep.io import provenance, save_npz
-    from diffrep.runs import load_run
+    from diffrep.represent.embeddings import sampling_embeddings
+    from diffrep.runs import embedding_dim_of, load_run
     from diffrep.runtime import CompiledOrEager
     from diffrep.samplers import network_evaluations
 
-    get_sampler(sampler)
+    if sampler is not None:
+        get_sampler(sampler)
     if n < 1:
         raise DiffrepError(f"--n must be positive, got {n}")
     loaded = load_run(run, weights, device)
     net, process, info = loaded.net, loaded.process, loaded.info
+    sampler, steps = default_sampling(info, sampler, steps, grid_rho)
     chosen = resolve_precision(precision, next(net.parameters()).device)
     world = distributed.current()
     nfe = network_evaluations(sampler, steps)
     compiled = compile_pays(-(-n // world.size), nfe) if compile_net == "auto" else compile_net in (True, "on")
     if compiled:
         net = CompiledOrEager(net)
-    y = make_labels(labels, n, info["num_classes"], seed)
-    chain = build_guidance(list(guidance or []), run, info, y, next(net.parameters()).device, chosen.autocast)
-    legacy = cfg_guidance(cfg, cfg_interval, y)
+    if embedding_dim_of(info):
+        cond, y = sampling_embeddings(run, info, n, labels, seed, next(net.parameters()).device, like)
+    elif like is not None:
+        raise DiffrepError(f"--like samples variations from an embedding-conditioned run (train --condition "
+                           f"embedding:…); {run} is conditioned on {'labels' if info['num_classes'] else 'nothing'}")
+    else:
+        cond = y = make_labels(labels, n, info["num_classes"], seed)
+    chain = build_guidance(list(guidance or []), run, info, cond, next(net.parameters()).device, chosen.autocast)
+    legacy = cfg_guidance(cfg, cfg_interval, cond, info)
     if legacy is not None:
         chain = GuidanceChain([legacy] + (chain.wrappers if chain else []), chain is not None and chain.needs_grad)
     if on_start is not None and world.is_main:
         on_start(chosen)
     start = time.perf_counter()
     chunks = generate(net, process, loaded.x0_shape, n, sampler=sampler, steps=steps, grid_rho=grid_rho,
-                      seed=seed, labels=y, guidance=chain, batch_size=batch_size,
+                      seed=seed, labels=cond, guidance=chain, batch_size=batch_size,
                       autocast=chosen.autocast,
                       chunks=lambda j: j % world.size == world.rank, progress=progress and world.is_main,
                       space=loaded.space, image_condition=loaded.image_condition)

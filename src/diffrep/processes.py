@@ -284,7 +284,8 @@ class Denoiser:
 
     ``t`` may be a Python float or a tensor of shape ``B``; the net runs in bf16 autocast
     when ``autocast`` is set and its outputs are returned in float32.  ``image`` is the conditioning image of a
-    DiffuseVAE net (:func:`diffrep.nets.common.join_image`), passed as it is (it is clean: no input scaling).
+    DiffuseVAE net (:func:`diffrep.nets.common.join_image`), passed as it is (it is clean: no input scaling);
+    ``inputs`` are the net's other keyword inputs (a guidance-distilled student's ``guidance_scale``).
     """
 
     def __init__(self, net: nn.Module, process: Process, autocast: bool = False):
@@ -299,9 +300,9 @@ class Denoiser:
             return self.net(x_in, self.process.net_time(t).float(), cond, taps=taps, **kw)
 
     def raw(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...] = (),
-            image: torch.Tensor | None = None):
+            image: torch.Tensor | None = None, **inputs):
         """The net's raw output (and tapped hidden states) at ``(x_t, t)``."""
-        out, hidden = self._net(x, t, cond, taps, image)
+        out, hidden = self._net(x, t, cond, taps, image, **inputs)
         return out.float(), hidden
 
     def hidden(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None, taps: tuple[str, ...],
@@ -310,12 +311,12 @@ class Denoiser:
         return self._net(x, t, cond, taps, image, taps_only=True)[1]
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
-                 taps: tuple[str, ...] = (), image: torch.Tensor | None = None) -> Prediction:
+                 taps: tuple[str, ...] = (), image: torch.Tensor | None = None, **inputs) -> Prediction:
         if isinstance(t, torch.Tensor):
             t = t.to(x.device, torch.float32).expand(x.shape[0])
         else:  # a filled tensor, not a host-to-device copy (which would make the host wait for the GPU)
             t = torch.full((x.shape[0],), float(t), device=x.device)
-        raw, hidden = self.raw(x, t, cond, taps, image)
+        raw, hidden = self.raw(x, t, cond, taps, image, **inputs)
         x0, eps = self.process.predict(raw, x, t)
         return Prediction(x0, eps, hidden)
 
@@ -328,9 +329,9 @@ class ImageBound:
         self.denoiser, self.image, self.process = denoiser, image, denoiser.process
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None,
-                 taps: tuple[str, ...] = ()) -> Prediction:
+                 taps: tuple[str, ...] = (), **inputs) -> Prediction:
         image = self.image if len(x) == len(self.image) else self.image.repeat(len(x) // len(self.image), 1, 1, 1)
-        return self.denoiser(x, t, cond, taps, image)
+        return self.denoiser(x, t, cond, taps, image, **inputs)
 
 
 PROCESSES = ("flow", "vp", "edm")

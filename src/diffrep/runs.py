@@ -20,6 +20,7 @@ from torch import nn
 from diffrep.checkpoint import Checkpoint, latest_checkpoint, list_checkpoints, verify
 from diffrep.config import TrainConfig, load_run_config
 from diffrep.data import Space, space_from_record
+from diffrep.distill.spec import takes_guidance_scale
 from diffrep.errors import DiffrepError
 from diffrep.nets import UNet, build_net
 from diffrep.plugins import plugin_net_options
@@ -53,13 +54,17 @@ def x0_shape_of(info: dict) -> tuple[int, int, int]:
     return tuple(info.get("x0_shape", info["image_shape"]))
 
 
-def build_model(cfg: TrainConfig, x0_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, x0_shape: tuple[int, int, int], num_classes: int,
+                embedding_dim: int = 0) -> nn.Module:
     """The net of ``cfg`` for inputs of ``x0_shape``, with the architecture options its plug-ins ask for
-    (``selfcond``) and a DiffuseVAE run's conditioning image."""
+    (``selfcond``), a DiffuseVAE run's conditioning image, a guidance-distilled student's scale input and an
+    embedding-conditioned run's embedding size."""
     c, h, _ = x0_shape
     net = build_net(cfg.model, image_size=h, in_channels=c, num_classes=num_classes, **plugin_net_options(cfg.plugins),
                     **({"grad_checkpoint": True} if cfg.grad_checkpoint else {}),
-                    **({"image_channels": c} if cfg.diffusevae else {}))
+                    **({"image_channels": c} if cfg.diffusevae else {}),
+                    **({"guidance_embedding": True} if takes_guidance_scale(cfg.distill) else {}),
+                    **({"embedding_dim": embedding_dim} if embedding_dim else {}))
     if cfg.channels_last:
         if not isinstance(net, UNet):
             raise DiffrepError("--channels-last is for the U-Net (a DiT has no convolutions after its patch embedding)")
@@ -77,7 +82,7 @@ def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto", st
     if ckpt is None:
         raise DiffrepError(f"{run_dir} has no usable checkpoint yet: train it first (diffrep train ... --out {run_dir})")
     info = model_info(run_dir, ckpt)
-    net = build_model(cfg, x0_shape_of(info), info["num_classes"])
+    net = build_model(cfg, x0_shape_of(info), info["num_classes"], embedding_dim_of(info))
     net.load_state_dict(ckpt.weights(weights))
     info = {**info, "step": ckpt.step, "weights": weights, "config": asdict(cfg)}
     device = pick_device(device)
@@ -88,6 +93,12 @@ def load_run(run_dir: Path | str, weights: str = "ema", device: str = "auto", st
         condition = reconstructions_from_record(info["image_condition"], tuple(info["image_shape"]), run_dir, device)
     return Run(net.to(device).eval(), make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling),
                cfg, info, space_from_record(info.get("space"), run_dir, device), condition)
+
+
+def embedding_dim_of(info: dict) -> int:
+    """The embedding size of an embedding-conditioned run's ``model.json`` (0 for any other run)."""
+    condition = info.get("condition") or {}
+    return condition.get("dim", 0) if condition.get("name") == "embedding" else 0
 
 
 def checkpoint_at(run_dir: Path, step: int) -> Checkpoint:

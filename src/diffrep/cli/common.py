@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("train", "list the presets"),
     "plugins": ("train", "list the training plug-ins and their options"),
     "sample": ("sample", "draw samples from a trained run (ADM .npz layout)"),
+    "distill": ("distill", "distil a run into a student: one forward per guided step, or half the sampler steps"),
     "train-classifier": ("sample", "train a noise-aware classifier of a run for classifier guidance (--guidance "
                          "classifier:)"),
     "restore": ("restore", "restore measured images with a run as the prior (RED-diff, DPS, ΠGDM, DDRM, DAPS)"),

@@ -27,12 +27,16 @@ def register(sub) -> None:
                                        "--cfg-interval 0.1,0.9 --out s.npz",
                                        "diffrep sample runs/x --guidance auto:ckpt=250,w=2 --out auto.npz",
                                        "diffrep sample runs/x --guidance classifier:path=clf.safetensors,scale=2 "
-                                       "--out cg.npz"))
+                                       "--out cg.npz",
+                                       "diffrep sample runs/x-guidance-student --cfg 1.5 --out one-pass.npz",
+                                       "diffrep sample runs/x-4 --out s.npz   # a progressive student: its own steps",
+                                       "diffrep sample runs/emb --like some.npz --n 100 --out variations.npz"))
     s.add_argument("run", type=Path, help="run directory written by `diffrep train`")
     s.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=1000,
                    help="number of images (spell it --num-samples under torchrun, whose own options --n would abbreviate)")
-    s.add_argument("--sampler", default="euler", choices=list(SAMPLERS))
-    s.add_argument("--steps", type=positive_int, default=50, help="grid intervals (Heun uses 2·steps−1 net calls)")
+    s.add_argument("--sampler", choices=list(SAMPLERS), help="default euler; a progressive student's own, ddim")
+    s.add_argument("--steps", type=positive_int, help="grid intervals (Heun uses 2·steps−1 net calls); default 50, "
+                   "a progressive student's own")
     s.add_argument("--grid-rho", type=positive_float, help="time grid t_i = t_max·(1 − i/steps)^ρ (edm: its σ grid's ρ); "
                    "default: the process's (1 for flow and vp, 7 for edm)")
     s.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale (1: off)")
@@ -41,7 +45,10 @@ def register(sub) -> None:
                    help="repeatable, applied in order: cfg:1.5 | cfg:scale=1.5,lo=0.1,hi=0.9 | auto:ckpt=STEP,w=2 | "
                         "auto:run=PATH[@STEP],w=2 | classifier:path=FILE,scale=2 | elucd:path=FILE,scale=2,beta=3 "
                         "(docs/guidance.md)")
-    s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index")
+    s.add_argument("--labels", default="balanced", help="balanced | random | none | a class index (an embedding-"
+                   "conditioned run: the embeddings of balanced or random training images)")
+    s.add_argument("--like", type=Path, metavar="IMAGES", help="an embedding-conditioned run: variations of these "
+                   "images (an .npz or a folder; sample i is conditioned on image i mod their count)")
     s.add_argument("--weights", choices=("ema", "model"), default="ema")
     s.add_argument("--out", type=Path, required=True, help=".npz: arr_0 uint8 N×H×W×C, arr_1 labels")
     s.add_argument("--grid", type=Path, help="also write a PNG grid of the first 100 samples")
@@ -95,7 +102,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
                       stacklevel=1)
     done = sample_run(a.run, a.out, a.n, a.sampler, a.steps, a.grid_rho, a.seed, a.cfg, parse_interval(a.cfg_interval),
                       a.labels, a.batch_size, a.weights, a.precision, a.grid, a.device, not a.no_progress,
-                      compile_net=a.compile, on_start=startup, guidance=a.guidance)
+                      compile_net=a.compile, on_start=startup, guidance=a.guidance, like=a.like)
     if distributed.current().is_main:
         guided = "".join(f", {g}" for g in done["guidance"])
         print(f"{done['n']} samples ({done['sampler']}, {done['nfe']} net calls each, cfg {done['cfg']}{guided}) "

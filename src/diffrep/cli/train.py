@@ -13,13 +13,16 @@ from diffrep.cli.common import (COMMANDS, FORMATTER, examples, non_negative_int,
 from diffrep.errors import DiffrepError
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`~diffrep.config.TrainConfig` field, generated from the field's metadata (its help,
-    choices, minimum and action); every default is ``None``, so that only the flags given override the
-    preset and the config file."""
+def add_config_flags(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None,
+                     skip: tuple[str, ...] = ()) -> None:
+    """One flag per :class:`~diffrep.config.TrainConfig` field (of ``sections``; all by default; none of ``skip``),
+    generated from the field's metadata (its help, choices, minimum and action); every default is ``None``, so that
+    only the flags given override the preset and the config file."""
     from diffrep.config import TrainConfig
 
     for f in fields(TrainConfig):
+        if (sections is not None and f.metadata["section"] not in sections) or f.name in skip:
+            continue
         meta, kind = f.metadata, str(f.type).split(" |")[0]
         default = f.default if f.default is not MISSING else None
         help_text = meta["help"] + (f" (default {default})" if default not in (None, False, True) else "")

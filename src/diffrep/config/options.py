@@ -15,8 +15,8 @@ from diffrep.errors import DiffrepError
 from diffrep.precision import PRECISIONS, check_precision
 
 ADAMW_IMPLS = ("fused", "foreach", "for-loop")
-SECTIONS = ("data", "space", "model", "process", "optim", "log")
-"""Sections of ``config.yaml``, in order (room for ``objective``, ``guidance``)."""
+SECTIONS = ("data", "space", "model", "process", "objective", "optim", "log")
+"""Sections of ``config.yaml``, in order."""
 
 
 def option(default, section: str, help: str, *, choices: tuple | Callable[[], tuple] | None = None,
@@ -57,9 +57,11 @@ class TrainConfig:
     class_conditional: bool = option(True, "data", "ignore labels even when the data has them",
                                      flag="--unconditional", action="store_false")
     label_dropout: float = option(0.1, "data", "fraction of labels replaced by the null class (CFG)")
-    condition: str = option("labels", "data", "labels (the data's own) or clusters:k=K,source=pixels|ENCODER|run:PATH: "
-                            "k-means self-labels for data without annotations (self-guided diffusion, arXiv 2210.06462)",
-                            metavar="labels|clusters:k=K,…")
+    condition: str = option("labels", "data", "labels (the data's own); clusters:k=K,source=pixels|ENCODER|run:PATH: "
+                            "k-means self-labels for data without annotations (self-guided diffusion, arXiv "
+                            "2210.06462); embedding:source=…: each image's embedding (representation-conditioned "
+                            "generation)",
+                            metavar="labels|clusters:k=K,…|embedding:source=…")
     space: str = option("pixels", "space", "where the net works: pixels, or vae:PATH (a VAE run of `diffrep train-vae`, "
                         "a diffusers AutoencoderKL folder, or a hub name such as stabilityai/sd-vae-ft-ema)",
                         metavar="pixels|vae:PATH")
@@ -85,6 +87,9 @@ class TrainConfig:
     schedule: str = option("linear", "process", "vp only: β schedule", choices=("linear", "cosine"))
     time_sampling: str = option("uniform", "process", "flow only: training-time distribution",
                                 choices=("uniform", "logit-normal"))
+    distill: str = option("", "objective", "learn from a teacher run instead of denoising (written by `diffrep "
+                          "distill`): guidance:teacher=RUN,step=N,max_scale=S | progressive:teacher=RUN,step=N,"
+                          "sampling_steps=K", metavar="KIND:teacher=RUN,…")
     steps: int = option(2000, "optim", "total optimiser steps (raise it with --resume to extend a run)", minimum=1)
     batch_size: int = option(128, "optim", "global batch size", minimum=1)
     grad_accum: int = option(1, "optim", "micro-batches per step (same update as the full batch)", minimum=1)
@@ -135,6 +140,9 @@ class TrainConfig:
         from diffrep.represent.clusters import parse_condition
 
         parse_condition(self.condition)
+        from diffrep.distill.spec import parse_distill
+
+        parse_distill(self.distill)
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise DiffrepError("--steps, --batch-size and --grad-accum must be positive")
         if self.batch_size % self.grad_accum:
@@ -168,7 +176,8 @@ class TrainConfig:
         if self.space == "pixels" and (self.latent_norm, self.latent_cache) != ("channel", True):
             raise DiffrepError("--latent-norm and --no-latent-cache apply to a latent space only (--space vae:PATH)")
         if self.condition != "labels" and not self.class_conditional:
-            raise DiffrepError("--condition clusters gives the net self-labels to condition on: drop --unconditional")
+            raise DiffrepError(f"--condition {self.condition.partition(':')[0]} gives the net self-labels or embeddings "
+                               "to condition on: drop --unconditional")
         if self.diffusevae and self.space != "pixels":
             raise DiffrepError("--diffusevae conditions a pixel-space net on a VAE's reconstructions: drop --space (or "
                                "--diffusevae)")

@@ -1,10 +1,15 @@
-"""Classifier-free guidance as a denoiser wrapper (arXiv 2207.12598), with a guidance interval (arXiv 2404.07724)."""
+"""Classifier-free guidance as a denoiser wrapper (arXiv 2207.12598), with a guidance interval (arXiv 2404.07724), and
+its one-forward form for a guidance-distilled student (arXiv 2210.03142)."""
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
+from typing import Callable
+
 import torch
 
-from diffrep.nets.common import NULL_LABEL
+from diffrep.nets.common import null_condition
 from diffrep.processes import Prediction
 
 
@@ -35,7 +40,7 @@ class ClassifierFreeGuidance:
             return self.denoiser(x, t, cond, taps)
         per_sample = isinstance(inside, torch.Tensor)
         both = self.denoiser(torch.cat([x, x]), torch.cat([t, t]) if per_sample else t,
-                             torch.cat([cond, torch.full_like(cond, NULL_LABEL)]), taps)
+                             torch.cat([cond, null_condition(cond)]), taps)
         (x0_c, x0_u), (eps_c, eps_u) = both.x0.chunk(2), both.eps.chunk(2)
         hidden = {k: v.chunk(2)[0] for k, v in both.hidden.items()}
         x0, eps = x0_u + self.scale * (x0_c - x0_u), eps_u + self.scale * (eps_c - eps_u)
@@ -43,3 +48,30 @@ class ClassifierFreeGuidance:
             keep = inside.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))
             x0, eps = torch.where(keep, x0, x0_c), torch.where(keep, eps, eps_c)
         return Prediction(x0, eps, hidden)
+
+
+class DistilledGuidance(ClassifierFreeGuidance):
+    """Classifier-free guidance of a guidance-distilled student (arXiv 2210.03142): one forward with the scale as the
+    net's input (``guidance_scale``) instead of two branches; scale 1 (the conditional model) outside the interval."""
+
+    def __call__(self, x: torch.Tensor, t, cond: torch.Tensor | None = None, taps: tuple[str, ...] = ()) -> Prediction:
+        inside = False if cond is None else self.inside(t)
+        if isinstance(inside, torch.Tensor):
+            scale = torch.where(inside.to(x.device), self.scale, 1.0).float()
+        else:
+            scale = torch.full((x.shape[0],), self.scale if inside else 1.0, device=x.device)
+        return self.denoiser(x, t, cond, taps, guidance_scale=scale)
+
+
+def cfg_wrapper(scale: float, interval: tuple[float, float] | None = None,
+                scale_range: tuple[float, float] | None = None) -> Callable:
+    """Classifier-free guidance at ``scale`` as a wrapper: two branches, or one forward of a guidance-distilled
+    student (``scale_range``: the scales it was trained on; a warning outside them, where it extrapolates)."""
+    if scale_range is None:
+        return partial(ClassifierFreeGuidance, scale=scale, interval=interval)
+    lo, hi = scale_range
+    if not lo <= scale <= hi:
+        warnings.warn(f"guidance scale {scale:g} is outside the {lo:g}…{hi:g} this guidance-distilled student was "
+                      f"trained on: its output there is an extrapolation (distil with a larger --max-scale)",
+                      stacklevel=3)
+    return partial(DistilledGuidance, scale=scale, interval=interval)

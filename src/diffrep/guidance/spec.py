@@ -64,12 +64,19 @@ class GuidanceChain:
         return denoiser
 
 
+def scale_range(info: dict) -> tuple[float, float] | None:
+    """The guidance scales a guidance-distilled student was trained on (``model.json``'s ``distill`` record); ``None``
+    for any other run."""
+    record = info.get("distill") or {}
+    return tuple(record["scale_range"]) if "scale_range" in record else None
+
+
 def build_guidance(specs: list[str], run: Path | str, info: dict, labels: torch.Tensor | None,
                    device: torch.device, autocast: bool) -> GuidanceChain | None:
     """The chain of ``specs`` for the loaded ``run`` (``info``: :func:`~diffrep.runs.load_run`'s), sampling
     ``labels``."""
     from diffrep.guidance.auto import Autoguidance, weak_model
-    from diffrep.guidance.cfg import ClassifierFreeGuidance
+    from diffrep.guidance.cfg import cfg_wrapper
     from diffrep.guidance.classifier import ClassifierGuidance, load_classifier
     from diffrep.guidance.elucd import EluCDGuidance, smoothed
 
@@ -79,9 +86,12 @@ def build_guidance(specs: list[str], run: Path | str, info: dict, labels: torch.
         if kind in ("cfg", "classifier", "elucd") and labels is None:
             raise DiffrepError(f"--guidance {spec}: {kind} guidance steers towards class labels; this run is "
                                "unconditional or --labels none was given (autoguidance needs no labels)")
+        if kind in ("classifier", "elucd") and labels.is_floating_point():
+            raise DiffrepError(f"--guidance {spec}: this run is conditioned on embeddings, not classes; guide it with "
+                               "cfg or auto")
         interval = (o.get("lo", 0.0), o.get("hi", math.inf)) if {"lo", "hi"} & set(o) else None
         if kind == "cfg":
-            wrappers.append(partial(ClassifierFreeGuidance, scale=o.get("scale", 1.5), interval=interval))
+            wrappers.append(cfg_wrapper(o.get("scale", 1.5), interval, scale_range(info)))
         elif kind == "auto":
             weak = weak_model(run, info, o.get("ckpt"), o.get("run"), device)
             wrappers.append(lambda d, net=weak, w=o.get("w", 2.0):

@@ -52,6 +52,33 @@ class TimestepEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.freq_dim).to(self.mlp[0].weight.dtype))
 
 
+class ScaleEmbedding(nn.Module):
+    """The guidance-scale input of a guidance-distilled student (Meng et al., arXiv 2210.03142, §3; the w-embedding of
+    diffusers' LCM script): sinusoidal features of ``1000·(s − 1)`` through a 2-layer MLP, added to the time
+    embedding.  The last layer starts at zero, so the student starts as its teacher's conditional model."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.embed = TimestepEmbedding(dim, freq_dim)
+        nn.init.zeros_(self.embed.mlp[-1].weight)
+        nn.init.zeros_(self.embed.mlp[-1].bias)
+
+    def forward(self, scale: torch.Tensor) -> torch.Tensor:
+        return self.embed(1000.0 * (scale - 1.0))
+
+
+def add_guidance_scale(emb: torch.Tensor, embedder: ScaleEmbedding | None, scale: torch.Tensor | None) -> torch.Tensor:
+    """``emb`` plus the embedding of the guidance ``scale`` (per sample; ``None``: 1, the plain conditional model) for
+    a net with a :class:`ScaleEmbedding`; a one-line error where a net without one is given a scale."""
+    if embedder is None:
+        if scale is not None:
+            raise DiffrepError("this net takes no guidance scale (it is not a guidance-distilled student of "
+                               "`diffrep distill --kind guidance`)")
+        return emb
+    scale = torch.ones(emb.shape[0], device=emb.device) if scale is None else scale.to(emb.device).expand(emb.shape[0])
+    return emb + embedder(scale).to(emb.dtype)
+
+
 class LabelEmbedding(nn.Module):
     """Class embedding with one extra row for :data:`NULL_LABEL` (``cond=None`` means all null)."""
 
@@ -64,6 +91,33 @@ class LabelEmbedding(nn.Module):
         if y is None:
             y = torch.full((batch,), NULL_LABEL, dtype=torch.long, device=self.table.weight.device)
         return self.table(torch.where(y < 0, self.num_classes, y))
+
+
+class EmbeddingCondition(nn.Module):
+    """Conditioning on an image embedding instead of a class (representation-conditioned generation, as in Graikos et
+    al., "Learned representation-guided diffusion models for large-image generation", CVPR 2024): a 2-layer MLP of the
+    L2-normalised embedding, added like a class embedding.  A zero embedding is the null condition (what label
+    dropout and classifier-free guidance's unconditional branch pass): it gets a learned vector of its own."""
+
+    def __init__(self, embedding_dim: int, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(embedding_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.null = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, e: torch.Tensor | None, batch: int) -> torch.Tensor:
+        if e is None:
+            return self.null.expand(batch, -1)
+        if e.ndim != 2 or e.shape[1] != self.mlp[0].in_features:
+            raise DiffrepError(f"this net is conditioned on {self.mlp[0].in_features}-dimensional embeddings, got a "
+                               f"condition of shape {tuple(e.shape)}")
+        null = (e == 0).all(1, keepdim=True)
+        return torch.where(null, self.null.to(e.dtype), self.mlp(e.to(self.mlp[0].weight.dtype)).to(e.dtype))
+
+
+def null_condition(cond: torch.Tensor) -> torch.Tensor:
+    """The unconditional counterpart of a batch's condition: :data:`NULL_LABEL` for class labels, the zero embedding
+    for an embedding-conditioned net (:class:`EmbeddingCondition`)."""
+    return torch.zeros_like(cond) if cond.is_floating_point() else torch.full_like(cond, NULL_LABEL)
 
 
 class SelfCondition(nn.Module):

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffrep.errors import DiffrepError
-from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps, join_image
+from diffrep.nets.common import (EmbeddingCondition, LabelEmbedding, ScaleEmbedding, SelfCondition, TimestepEmbedding,
+                                 add_guidance_scale, attention, check_taps, join_image)
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
@@ -93,10 +94,15 @@ class DiT(nn.Module):
         grad_checkpoint: bool = False,
         self_condition: int = 0,
         image_channels: int = 0,
+        guidance_embedding: bool = False,
+        embedding_dim: int = 0,
     ):
         """``self_condition``: 0 = off; K = the mean of block K's tokens conditions blocks K+1…
         (:class:`SelfCondition`); −1 = the middle block, ``depth // 2``.  ``image_channels``: channels of a
-        conditioning image concatenated to the input before patching (DiffuseVAE; ``forward(..., image=)``)."""
+        conditioning image concatenated to the input before patching (DiffuseVAE; ``forward(..., image=)``).
+        ``guidance_embedding``: a guidance-distilled student's scale input (:class:`ScaleEmbedding`;
+        ``forward(..., guidance_scale=)``).  ``embedding_dim``: condition on embeddings of this size instead of
+        classes (:class:`EmbeddingCondition`)."""
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
@@ -111,6 +117,9 @@ class DiT(nn.Module):
         self.x_embedder = nn.Conv2d(in_channels + image_channels, hidden_size, patch_size, stride=patch_size)
         self.t_embedder = TimestepEmbedding(hidden_size)
         self.y_embedder = LabelEmbedding(num_classes, hidden_size) if num_classes > 0 else None
+        if embedding_dim:
+            self.y_embedder, self.num_classes = EmbeddingCondition(embedding_dim, hidden_size), 0
+        self.w_embedder = ScaleEmbedding(hidden_size) if guidance_embedding else None
         pos = sincos_pos_embed_2d(hidden_size, self.grid).unsqueeze(0)
         self.pos_embed = nn.Parameter(pos, requires_grad=learned_pos)
         self.blocks = nn.ModuleList(DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
@@ -119,7 +128,7 @@ class DiT(nn.Module):
         self.final_linear = nn.Linear(hidden_size, patch_size * patch_size * in_channels)
         self.self_cond = SelfCondition(hidden_size, hidden_size) if self.self_condition else None
         self.tap_names = tuple(f"block{i}" for i in range(1, depth + 1))
-        self.capabilities = frozenset({"token_grid"} | ({"label_embedding"} if self.y_embedder is not None else set())
+        self.capabilities = frozenset({"token_grid"} | ({"label_embedding"} if self.num_classes > 0 else set())
                                       | ({"self_condition"} if self.self_cond is not None else set()))
         self._init_weights()
 
@@ -135,7 +144,9 @@ class DiT(nn.Module):
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_adaLN[-1], self.final_linear) + ((self.self_cond.mlp[-1],) if self.self_cond else ()):
+        zeroed = ((self.self_cond.mlp[-1],) if self.self_cond else ()) + ((self.w_embedder.embed.mlp[-1],)
+                                                                       if self.w_embedder else ())
+        for layer in (self.final_adaLN[-1], self.final_linear) + zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -145,13 +156,14 @@ class DiT(nn.Module):
         return x.reshape(b, c, g * p, g * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = (),
-                taps_only: bool = False, image: torch.Tensor | None = None):
+                taps_only: bool = False, image: torch.Tensor | None = None, guidance_scale: torch.Tensor | None = None):
         """``(out, {tap: hidden})``; with ``taps_only``, ``(None, {tap: hidden})`` right after the deepest tap."""
         check_taps(taps, self.tap_names)
         h = self.x_embedder(join_image(x, image, self.image_channels)).flatten(2).transpose(1, 2) + self.pos_embed
         c = self.t_embedder(t)
         if self.y_embedder is not None:
             c = c + self.y_embedder(cond, batch=x.shape[0])
+        c = add_guidance_scale(c, self.w_embedder, guidance_scale)
         hidden = {}
         for i, block in enumerate(self.blocks, start=1):
             if self.grad_checkpoint and self.training:

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffrep.errors import DiffrepError
-from diffrep.nets.common import LabelEmbedding, SelfCondition, TimestepEmbedding, attention, check_taps, join_image
+from diffrep.nets.common import (EmbeddingCondition, LabelEmbedding, ScaleEmbedding, SelfCondition, TimestepEmbedding,
+                                 add_guidance_scale, attention, check_taps, join_image)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -96,16 +97,23 @@ class UNet(nn.Module):
         grad_checkpoint: bool = False,
         self_condition: int = 0,
         image_channels: int = 0,
+        guidance_embedding: bool = False,
+        embedding_dim: int = 0,
     ):
         """``self_condition``: 0 = off; −1 (or the middle block's index) = the mean of the middle
         block's map conditions the decoder (:class:`SelfCondition`).  ``image_channels``: channels of a conditioning
-        image concatenated to the input (DiffuseVAE; ``forward(..., image=)``)."""
+        image concatenated to the input (DiffuseVAE; ``forward(..., image=)``).  ``guidance_embedding``: a
+        guidance-distilled student's scale input (:class:`ScaleEmbedding`; ``forward(..., guidance_scale=)``).
+        ``embedding_dim``: condition on embeddings of this size instead of classes (:class:`EmbeddingCondition`)."""
         super().__init__()
         self.in_channels, self.num_classes, self.image_channels = in_channels, num_classes, image_channels
         self.grad_checkpoint = grad_checkpoint
         emb_dim = 4 * channels
         self.t_embedder = TimestepEmbedding(emb_dim, freq_dim=channels)
         self.y_embedder = LabelEmbedding(num_classes, emb_dim) if num_classes > 0 else None
+        if embedding_dim:
+            self.y_embedder, self.num_classes = EmbeddingCondition(embedding_dim, emb_dim), 0
+        self.w_embedder = ScaleEmbedding(emb_dim, freq_dim=channels) if guidance_embedding else None
         self.conv_in = nn.Conv2d(in_channels + image_channels, channels, 3, padding=1)
 
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
@@ -142,7 +150,7 @@ class UNet(nn.Module):
             raise DiffrepError(f"the U-Net self-conditions from its middle block only: use -1 (or {n_down + 1}), "
                                f"not {self_condition}")
         self.self_cond = SelfCondition(ch_mid, emb_dim) if self_condition else None
-        self.capabilities = frozenset(({"label_embedding"} if self.y_embedder is not None else set())
+        self.capabilities = frozenset(({"label_embedding"} if self.num_classes > 0 else set())
                                       | ({"self_condition"} if self.self_cond is not None else set()))
 
     def _block(self, block: Block, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -151,13 +159,14 @@ class UNet(nn.Module):
         return block(h, emb)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, taps: tuple[str, ...] = (),
-                taps_only: bool = False, image: torch.Tensor | None = None):
+                taps_only: bool = False, image: torch.Tensor | None = None, guidance_scale: torch.Tensor | None = None):
         """``(out, {tap: hidden})``; with ``taps_only``, ``(None, {tap: hidden})`` right after the deepest tap."""
         check_taps(taps, self.tap_names)
         x = join_image(x, image, self.image_channels)
         emb = self.t_embedder(t)
         if self.y_embedder is not None:
             emb = emb + self.y_embedder(cond, batch=x.shape[0])
+        emb = add_guidance_scale(emb, self.w_embedder, guidance_scale)
         hidden, k = {}, 0
 
         def tap(h: torch.Tensor) -> bool:

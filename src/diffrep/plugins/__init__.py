@@ -82,6 +82,14 @@ def build_plugins(specs: list[str], data: str | None = None) -> list[Plugin]:
     return [PLUGINS[name][0](_with_data(options, data)) for name, options in parsed]
 
 
+def setup_plugins(plugins, net, ema, process, x0_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+    """Set every plug-in up on the run's net (``Plugin.setup``), then let each check its taps against the others'."""
+    for p in plugins:
+        p.setup(net, ema, process, x0_shape, image_shape)
+    for p in plugins:
+        p.check_taps({t for other in plugins if other is not p for t in other.taps})
+
+
 def _with_data(options, data: str | None):
     if data and "data" in {f.name for f in dataclasses.fields(options)} and not options.data:
         return dataclasses.replace(options, data=data)
@@ -100,4 +108,4 @@ def describe_plugins() -> str:
 __all__ = ["CEP", "ERW", "PLUGINS", "REPA", "SRA", "UMD", "CepOptions", "Context", "ContextOptions", "ErwOptions",
            "Plugin", "RepaOptions", "SelfCond", "SelfCondOptions", "SraOptions", "UmdOptions", "WarmStart", "as_tokens",
            "build_plugins", "describe_plugins", "match_token_grid", "parse_plugin", "plugin_net_options",
-           "schedule_factor"]
+           "schedule_factor", "setup_plugins"]

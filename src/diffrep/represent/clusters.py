@@ -28,21 +28,25 @@ FILE = "self_labels.json"
 
 
 def parse_condition(spec: str) -> dict | None:
-    """``labels`` → ``None``; ``clusters:k=20,source=S[,t=0.3]`` → its options; else a one-line error."""
+    """``labels`` → ``None``; ``clusters:k=20,source=S[,t=0.3]`` and ``embedding:source=S[,t=0.3]``
+    (:mod:`~diffrep.represent.embeddings`) → their options, with ``kind``; else a one-line error."""
     if spec == "labels":
         return None
     kind, _, rest = spec.partition(":")
     options = dict(item.partition("=")[::2] for item in filter(None, rest.split(",")))
-    if kind != "clusters" or set(options) - {"k", "source", "t"} or "k" not in options:
-        raise DiffrepError(f"--condition {spec!r}: give labels or clusters:k=K[,source=pixels|ENCODER|run:PATH][,t=T]")
+    allowed = {"clusters": {"k", "source", "t"}, "embedding": {"source", "t"}}.get(kind)
+    if allowed is None or set(options) - allowed or (kind == "clusters" and "k" not in options):
+        raise DiffrepError(f"--condition {spec!r}: give labels, clusters:k=K[,source=pixels|ENCODER|run:PATH][,t=T] "
+                           "or embedding:source=pixels|ENCODER|run:PATH[,t=T]")
     try:
-        k, t = int(options["k"]), float(options.get("t", 0.3))
+        k, t = int(options.get("k", 2)), float(options.get("t", 0.3))
     except ValueError:
         raise DiffrepError(f"--condition {spec!r}: k must be a whole number and t a number") from None
     if k < 2:
         raise DiffrepError(f"--condition {spec!r}: k must be at least 2")
     source = options.get("source", "pixels")
-    return {"k": k, "source": source, **({"t": t} if source.startswith("run:") else {})}
+    return {"kind": kind, **({"k": k} if kind == "clusters" else {}), "source": source,
+            **({"t": t} if source.startswith("run:") else {})}
 
 
 def source_features(images: torch.Tensor, source: str, t: float, device: str | torch.device,
@@ -93,7 +97,7 @@ def self_labelled(data: ImageSet, spec: str, out: Path, seed: int, device: str |
     The ids come from ``out/self_labels.json`` when a resumed run has it; else every rank extracts the features with
     the others, rank 0 clusters them and writes the ids, and every rank receives them."""
     options = parse_condition(spec)
-    if options is None:
+    if options is None or options["kind"] != "clusters":
         return data, None
     saved = Path(out) / FILE
     if saved.is_file():
@@ -106,7 +110,7 @@ def self_labelled(data: ImageSet, spec: str, out: Path, seed: int, device: str |
         features = source_features(data.images, options["source"], options.get("t", 0.3), device, progress)
         ids = cluster(features, options["k"], seed) if distributed.current().is_main else None
         ids = distributed.broadcast_from_main(ids)
-    record = {"name": "clusters", **options, **agreement(ids, data.labels)}
+    record = {"name": "clusters", **{k: v for k, v in options.items() if k != "kind"}, **agreement(ids, data.labels)}
     if not saved.is_file() and distributed.current().is_main:
         with atomic_write(saved, "w") as f:
             json.dump({**record, "labels": ids.tolist()}, f)

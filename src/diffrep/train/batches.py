@@ -20,9 +20,9 @@ from diffrep.rng import keyed_generator
 if TYPE_CHECKING:
     from diffrep.latent.diffusevae import Reconstructions
 
-BATCH_STREAM, EPOCH_STREAM, WARMUP_STREAM, PLUGIN_STREAM = 0, 1, 2, 3
+BATCH_STREAM, EPOCH_STREAM, WARMUP_STREAM, PLUGIN_STREAM, OBJECTIVE_STREAM = 0, 1, 2, 3, 4
 """Streams of :func:`step_generator`: the batch's draws, the epoch permutation, the draws of a plug-in's
-warm-up batches (:meth:`Plugin.initialize`), the plug-ins' draws of the step."""
+warm-up batches (:meth:`Plugin.initialize`), the plug-ins' draws of the step, the objective's draws of the step."""
 
 
 def step_generator(seed: int, step: int, stream: int = BATCH_STREAM) -> torch.Generator:
@@ -54,10 +54,11 @@ class EpochSampler:
 
 def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process, step: int,
                stream: int = BATCH_STREAM, space: Space | None = None,
-               condition: Reconstructions | None = None) -> Batch:
+               condition: Reconstructions | None = None, embeddings: torch.Tensor | None = None) -> Batch:
     """The global batch of step ``step`` with all its randomness; ``x0`` is drawn by ``space`` from the (flipped) pixels
     (the pixel space by default; a VAE's latent space draws a fresh latent from the posterior); a DiffuseVAE run's
-    ``condition`` adds the (flipped) images' reconstructions."""
+    ``condition`` adds the (flipped) images' reconstructions; an embedding-conditioned run's ``embeddings`` (one per
+    image) are the condition instead of the labels, the zero vector where dropped."""
     g = step_generator(cfg.seed, step, stream)
     pixels = data.images[indices]
     n = pixels.shape[0]
@@ -69,9 +70,12 @@ def draw_batch(data: ImageSet, indices: torch.Tensor, cfg: TrainConfig, process,
     t = process.sample_time(n, g)
     noise = torch.randn(x0.shape, generator=g)
     cond = None
-    if cfg.class_conditional and data.labels is not None:
+    if cfg.class_conditional and (data.labels is not None or embeddings is not None):
         drop = torch.rand(n, generator=g) < cfg.label_dropout
-        cond = torch.where(drop, NULL_LABEL, data.labels[indices])
+        if embeddings is None:
+            cond = torch.where(drop, NULL_LABEL, data.labels[indices])
+        else:
+            cond = torch.where(drop[:, None], 0.0, embeddings[indices])
     image = None if condition is None else condition.draw(indices, flip)
     return Batch(x0, cond, t, noise, pixels=pixels, image=image)
 

@@ -27,17 +27,19 @@ from diffrep.checkpoint import latest_checkpoint, remove_partial_checkpoints, sa
 from diffrep.config import TrainConfig, save_config
 from diffrep.data import load_dataset, open_space
 from diffrep.data.spaces import open_image_condition
+from diffrep.distill import distill_record, make_objective
 from diffrep.errors import DiffrepError
 from diffrep.io import atomic_write, provenance
 from diffrep.loss import Batch
-from diffrep.plugins import Plugin, WarmStart, build_plugins
+from diffrep.plugins import Plugin, WarmStart, build_plugins, setup_plugins
 from diffrep.processes import make_process
 from diffrep.rng import BatchDraws
 from diffrep.runs import build_model
 from diffrep.runtime import CompiledOrEager, pick_device, use_deterministic_kernels
-from diffrep.represent.clusters import parse_condition, self_labelled
-from diffrep.train.batches import PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch, slice_batch, step_generator
-from diffrep.train.objectives import Denoising, Objective
+from diffrep.represent.embeddings import condition_sizes, conditioned
+from diffrep.train.batches import (OBJECTIVE_STREAM, PLUGIN_STREAM, WARMUP_STREAM, EpochSampler, draw_batch,
+                                   slice_batch, step_generator)
+from diffrep.train.objectives import Objective
 from diffrep.train.optim import make_optimizer
 from diffrep.train.rundir import check_resumable, choose_precision, clear_run, folder_state, lock_run_dir, trim_metrics
 from diffrep.train.periodic import LossWindow, PeriodicEval, log_record, sample_grid
@@ -78,30 +80,32 @@ class Trainer:
         self.space = open_space(cfg.space, self.data.shape, norm=cfg.latent_norm, device=self.device)
         self.x0_shape = self.space.x0_shape(self.data.shape)
         self.image_condition = open_image_condition(cfg.diffusevae, self.data.shape, self.device)
-        self.num_classes = self.data.num_classes if (cfg.class_conditional and self.data.labels is not None) else 0
-        if cfg.condition != "labels":                   # self-labels: k classes, the ids computed once the folder is ours
-            self.num_classes = parse_condition(cfg.condition)["k"]
+        # classes (k for self-labels, computed once the folder is ours) or an embedding's size (embedded then too)
+        self.num_classes, self.embedding_dim = condition_sizes(cfg.condition, cfg.class_conditional, self.data,
+                                                               self.device)
         self.process = make_process(cfg.process, cfg.prediction, cfg.schedule, cfg.time_sampling)
         torch.manual_seed(cfg.seed)
-        self.net = build_model(cfg, self.x0_shape, self.num_classes).to(self.device)
+        self.net = build_model(cfg, self.x0_shape, self.num_classes, self.embedding_dim).to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
-        for p in self.plugins:
-            p.setup(self.net, self.ema, self.process, self.x0_shape, self.data.shape)
-        for p in self.plugins:
-            p.check_taps({t for other in self.plugins if other is not p for t in other.taps})
+        setup_plugins(self.plugins, self.net, self.ema, self.process, self.x0_shape, self.data.shape)
         self.plugins.to(self.device)
         self.sampler = EpochSampler(len(self.data), cfg.batch_size, cfg.seed)
         self.autocast = self.precision.autocast
         self.step = 0
-        self.objective = objective or Denoising()
+        self.objective = objective or make_objective(cfg.distill, self.x0_shape, self.num_classes, self.device,
+                                                     self.autocast)
         self._evaluate = PeriodicEval()
         ckpt = self._open_run_dir(resume, overwrite)
-        self.data, self.condition = self_labelled(self.data, cfg.condition, self.out, cfg.seed, self.device, self.progress)
+        self.data, self.embeddings, self.condition = conditioned(self.data, cfg.condition, self.out, cfg.seed,
+                                                                 self.device, self.progress)
         self.space.prepare(self.data.images, cfg.hflip, cfg.latent_cache, self.progress)    # the latent cache
         if self.image_condition is not None:
             self.image_condition.prepare(self.data.images, cfg.hflip, self.progress)
-        if ckpt is None:
-            self._initialize_plugins()      # on the whole net, before it is wrapped or sharded
+        if ckpt is None:                    # on the whole net, before it is wrapped or sharded
+            if hasattr(self.objective, "initialize"):       # a distilled student starts as its teacher
+                self.objective.initialize(self.net)
+                self.ema.load_state_dict(self.net.state_dict())
+            self._initialize_plugins()
         if cfg.fsdp and self.world.size == 1:
             warnings.warn("--fsdp shards the net over torchrun's processes; with one process it trains unsharded",
                           stacklevel=2)
@@ -188,7 +192,7 @@ class Trainer:
     def warmup_batch(self, k: int) -> Batch:
         """The ``k``-th batch of a plug-in's warm-up: the global batch, on the device, with its own draws."""
         batch = draw_batch(self.data, self.sampler.indices(k), self.cfg, self.process, k, WARMUP_STREAM, self.space,
-                           self.image_condition)
+                           self.image_condition, self.embeddings)
         return slice_batch(batch, slice(None), self.device)
 
     def _load(self, ckpt) -> None:
@@ -231,7 +235,7 @@ class Trainer:
         space, a DiffuseVAE run's conditioning, classes, model, process."""
         condition = None if self.image_condition is None else self.image_condition.describe()
         return {"image_shape": list(self.data.shape), "x0_shape": list(self.x0_shape), "space": self.space.describe(),
-                "image_condition": condition, "condition": self.condition,
+                "image_condition": condition, "condition": self.condition, "distill": distill_record(self.cfg.distill),
                 "num_classes": self.num_classes, "model": self.cfg.model, "process": self.process.describe()}
 
     @torch.no_grad()
@@ -241,7 +245,7 @@ class Trainer:
         if not self.sharded:
             return self.ema
         with torch.random.fork_rng(devices=[]):     # building a net draws initial weights: keep training's RNG
-            net = build_model(self.cfg, self.x0_shape, self.num_classes).to(self.device)
+            net = build_model(self.cfg, self.x0_shape, self.num_classes, self.embedding_dim).to(self.device)
         net.load_state_dict(distributed.full_state(self.ema.state_dict()))
         return net.requires_grad_(False).eval()
 
@@ -255,7 +259,7 @@ class Trainer:
         """
         cfg = self.cfg
         batch = draw_batch(self.data, self.sampler.indices(step), cfg, self.process, step, space=self.space,
-                           condition=self.image_condition)
+                           condition=self.image_condition, embeddings=self.embeddings)
         for g in self.optimizer.param_groups:
             g["lr"] = lr_at(cfg, step)
         denoiser = self.process.denoiser(self.forward_net, self.autocast)
@@ -269,11 +273,12 @@ class Trainer:
             rows = slice(start, start + micro)              # of the global batch
             mb = slice_batch(batch, rows, self.device)
             draws = BatchDraws(step_generator(cfg.seed, step, PLUGIN_STREAM), cfg.batch_size, rows)
+            objective_draws = BatchDraws(step_generator(cfg.seed, step, OBJECTIVE_STREAM), cfg.batch_size, rows)
             for p in self.plugins:
                 mb = p.transform_batch(mb, step, draws)
             last = k == cfg.grad_accum - 1
             with self._gradient_sync(last):
-                out = self.objective(denoiser, mb, step, taps)
+                out = self.objective(denoiser, mb, step, taps, objective_draws)
                 loss = out.total
                 for p in self.plugins:
                     with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
