@@ -298,7 +298,7 @@ def test_the_objective_seam_replaces_the_denoising_loss(tmp_path):
     class Still:
         calls = 0
 
-        def __call__(self, denoiser, batch, step, taps=()):
+        def __call__(self, denoiser, batch, step, taps=(), draws=None):
             Still.calls += 1
             raw, hidden = denoiser.raw(batch.x0, batch.t, batch.cond, taps)
             return LossOutput(0.0 * raw.float().sum(), {"still": torch.zeros(())}, hidden, raw)
